@@ -1,0 +1,3 @@
+"""starcli: StarGAN-style multi-domain face translation from the shell."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,173 @@
+"""What every command shares: options, the error boundary, rich output on stderr, --json.
+
+Only this package and `starcli/cli.py` import typer and rich.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from starcli.errors import StarcliError
+
+# Human output and progress go to stderr, so stdout carries only --json.
+console = Console(stderr=True, highlight=False)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Data root (default: $STARCLI_HOME or ~/.cache/starcli).",
+                 show_default=False, file_okay=False),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON summary object on stdout.")
+]
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("STARCLI_DEBUG", "") not in ("", "0", "false", "no")
+
+
+def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn engine exceptions into one 'Error: …' line and an exit code (1, or 2 for usage
+    errors). With STARCLI_DEBUG=1 the exception propagates with its traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except StarcliError as exc:
+            if debug_enabled():
+                raise
+            fail(str(exc), exc.exit_code)
+        except OSError as exc:  # disk full, permissions: name the file, no traceback
+            if debug_enabled():
+                raise
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            fail(f"{exc.strerror or exc}{where}. Check the path, permissions and free space.", 1)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one error line (plus the debug hint) and exit with `code`."""
+    console.print(f"[bold red]Error:[/] {message}", soft_wrap=True)
+    if code == 1:
+        console.print("[dim](set STARCLI_DEBUG=1 for a traceback)[/]")
+    raise typer.Exit(code)
+
+
+def usage_error(message: str, param: str | None = None) -> None:
+    """A bad flag value found after parsing: exit 2 with the usage-style message."""
+    raise typer.BadParameter(message, param_hint=param)
+
+
+def emit_json(obj: Any) -> None:
+    """The one JSON object of --json, on stdout."""
+    sys.stdout.write(json.dumps(obj, default=_json_default, indent=None) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def split_csv(value: str | None) -> tuple[str, ...] | None:
+    """'a, b,c' → ('a', 'b', 'c'); None stays None."""
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+class RichProgress:
+    """starcli.progress.Progress drawn with rich on stderr (transient bars, log lines kept)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._columns_bytes = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                               TransferSpeedColumn(), TimeRemainingColumn())
+        self._columns_items = (TextColumn("{task.description}"), BarColumn(),
+                               MofNCompleteColumn(), TaskProgressColumn(),
+                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                               TimeRemainingColumn())
+        self._progress = Progress(TextColumn(""), console=console, transient=True,
+                                  disable=not enabled)
+        self._started = False
+        self._enabled = enabled
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        self._started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+        self._started = False
+
+    def start_task(self, description: str, total: float | None = None, unit: str = "it"):
+        columns = self._columns_bytes if unit == "bytes" else self._columns_items
+        self._progress.columns = columns
+        task_id = self._progress.add_task(description, total=total, rate="")
+        return _RichTask(self._progress, task_id, unit)
+
+    def stop_task(self, task) -> None:
+        self._progress.remove_task(task.task_id)
+
+    def log(self, message: str) -> None:
+        if self._started:
+            self._progress.console.print(message, soft_wrap=True)
+        else:
+            console.print(message, soft_wrap=True)
+
+
+class _RichTask:
+    def __init__(self, progress, task_id, unit: str) -> None:
+        self._progress = progress
+        self.task_id = task_id
+        self._unit = unit
+
+    def advance(self, n: float = 1) -> None:
+        self._progress.advance(self.task_id, n)
+        self._refresh_rate()
+
+    def update(self, *, completed=None, total=None, description=None) -> None:
+        kwargs = {k: v for k, v in (("completed", completed), ("total", total),
+                                    ("description", description)) if v is not None}
+        self._progress.update(self.task_id, **kwargs)
+        self._refresh_rate()
+
+    def _refresh_rate(self) -> None:
+        if self._unit == "bytes":
+            return
+        task = self._progress.tasks[self._progress.task_ids.index(self.task_id)]
+        speed = task.speed
+        if speed:
+            self._progress.update(self.task_id, rate=f"{speed:,.0f} {self._unit}/s")

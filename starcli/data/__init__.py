@@ -1,0 +1,1 @@
+"""Dataset engine: registry, downloads, synthetic sets, HDF5 shards and loaders."""

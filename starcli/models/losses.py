@@ -1,0 +1,122 @@
+"""StarGAN losses as pure functions of tensors.
+
+Every loss is computed in float32 even when its inputs come from an autocast (bf16/fp16)
+forward pass: means over a batch of low-precision logits lose too many digits.
+
+Adversarial losses (`kind`, the `--adv-loss` choices), D side / G side:
+
+- ``wgan-gp`` (the paper's): ``-mean(real) + mean(fake)`` / ``-mean(fake)``; pair it with
+  `gradient_penalty`.
+- ``lsgan`` (least squares, targets 1 for real and 0 for fake, no 0.5 factors):
+  ``mean((real - 1)^2) + mean(fake^2)`` / ``mean((fake - 1)^2)``.
+- ``vanilla`` (non-saturating BCE): ``softplus(-real) + softplus(fake)`` / ``softplus(-fake)``,
+  each averaged.
+- ``hinge``: ``mean(relu(1 - real)) + mean(relu(1 + fake))`` / ``-mean(fake)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from starcli.errors import ConfigError
+
+__all__ = [
+    "ADV_LOSSES",
+    "CLS_LOSSES",
+    "d_adversarial_loss",
+    "g_adversarial_loss",
+    "gradient_penalty",
+    "classification_loss",
+    "reconstruction_loss",
+]
+
+ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
+CLS_LOSSES = ("multilabel", "onehot")
+
+
+def _check_adv(kind: str) -> None:
+    if kind not in ADV_LOSSES:
+        raise ConfigError(
+            f"--adv-loss {kind!r} is not known; choose one of {', '.join(ADV_LOSSES)}."
+        )
+
+
+def d_adversarial_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       kind: str) -> torch.Tensor:
+    """D's adversarial loss on its src outputs for real and generated images (lower is better)."""
+    _check_adv(kind)
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "wgan-gp":
+        return fake.mean() - real.mean()
+    if kind == "lsgan":
+        return (real - 1).square().mean() + fake.square().mean()
+    if kind == "vanilla":
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()  # hinge
+
+
+def g_adversarial_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """G's adversarial loss on D's src outputs for generated images (lower is better)."""
+    _check_adv(kind)
+    fake = fake_logits.float()
+    if kind == "lsgan":
+        return (fake - 1).square().mean()
+    if kind == "vanilla":
+        return F.softplus(-fake).mean()
+    return -fake.mean()  # wgan-gp and hinge
+
+
+def gradient_penalty(d_src: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor, alpha: torch.Tensor | float | None = None
+                     ) -> torch.Tensor:
+    """WGAN-GP penalty ``mean((||grad_x D_src(x_hat)||_2 - 1)^2)``.
+
+    ``x_hat = alpha * real + (1 - alpha) * fake`` with one ``alpha ~ U(0, 1)`` per sample
+    (pass `alpha`, shape (N,) or broadcastable, to fix it). `d_src` maps images to D's src
+    logits, e.g. ``lambda x: D(x)[0]``, so a DDP- or compile-wrapped D works too. The graph
+    is kept (create_graph=True) so the penalty can be back-propagated into D.
+    """
+    real, fake = real.detach(), fake.detach()
+    n = real.shape[0]
+    if alpha is None:
+        alpha = torch.rand(n, 1, 1, 1, device=real.device, dtype=torch.float32)
+    alpha = torch.as_tensor(alpha, device=real.device, dtype=torch.float32)
+    if alpha.dim() == 1 and alpha.numel() == n:
+        alpha = alpha.view(n, *([1] * (real.dim() - 1)))
+    x_hat = (alpha * real.float() + (1 - alpha) * fake.float()).to(real.dtype)
+    x_hat.requires_grad_(True)
+    out = d_src(x_hat)
+    (grad,) = torch.autograd.grad(outputs=out, inputs=x_hat, grad_outputs=torch.ones_like(out),
+                                  create_graph=True)
+    # The norm of a low-precision gradient is too coarse for a penalty around 1: do it in fp32.
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        norm = grad.float().flatten(1).norm(2, dim=1)
+        return (norm - 1).square().mean()
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """D's domain-classification loss.
+
+    ``multilabel`` (CelebA attributes): BCE-with-logits summed over labels, averaged over the
+    batch. ``onehot`` (RaFD expressions): cross-entropy; `target` is class indices (long) or a
+    one-hot/probability matrix whose argmax is the class.
+    """
+    logits = logits.float()
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(
+            logits, target.float(), reduction="sum") / logits.shape[0]
+    if kind == "onehot":
+        if target.dim() == logits.dim():
+            target = target.argmax(dim=1)
+        return F.cross_entropy(logits, target.long())
+    raise ConfigError(
+        f"classification loss kind {kind!r} is not known; choose one of {', '.join(CLS_LOSSES)}."
+    )
+
+
+def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Cycle-reconstruction loss ``mean(|x - x_rec|)``."""
+    return (x.float() - x_rec.float()).abs().mean()

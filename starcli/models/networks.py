@@ -1,0 +1,203 @@
+"""StarGAN v1 generator and discriminator (Choi et al., CVPR 2018, arXiv 1711.09020).
+
+G(x, c) tiles the target label vector `c` over the image and maps the (3 + c_dim)-channel stack
+to an RGB image in [-1, 1]. D(x) returns a PatchGAN map of real/fake scores and a vector of
+domain-classification logits. At the paper configuration (128 px, 5 labels, width 64, 6 residual
+blocks, 6 strided convs) G has 8,430,528 parameters and D 44,762,048.
+
+Both networks work on channels_last tensors and under `torch.autocast` (bf16 or fp16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from starcli.errors import ConfigError
+
+__all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualBlock", "count_parameters"]
+
+# D's LeakyReLU slope, from the paper.
+LEAKY_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a StarGAN v1 generator/discriminator pair.
+
+    `c_dim` is every label channel G receives (for a joint CelebA+RaFD model that includes the
+    two mask channels); `cls_dim` is the number of D classifier outputs and defaults to `c_dim`
+    (a joint model uses `c_dim - 2`).
+    """
+
+    image_size: int = 128  # G is fully convolutional; D's classifier kernel depends on it
+    c_dim: int = 5  # label channels tiled onto G's input
+    cls_dim: int | None = None  # D classifier outputs; None means the same as c_dim
+    g_conv_dim: int = 64  # width of G's first conv (doubled twice by the down-sampling)
+    d_conv_dim: int = 64  # width of D's first conv (doubled by every strided conv)
+    g_repeat_num: int = 6  # residual blocks in G
+    d_repeat_num: int = 6  # stride-2 convs in D (the final map is image_size / 2**d_repeat_num)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "cls_dim" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{_flag(f.name)} must be an integer, got {value!r}.")
+        if self.cls_dim is None:
+            # frozen dataclass: resolve the default once so to_dict() is always explicit
+            object.__setattr__(self, "cls_dim", self.c_dim)
+
+        for name in ("c_dim", "cls_dim", "g_conv_dim", "d_conv_dim", "d_repeat_num"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
+        if self.g_repeat_num < 0:
+            raise ConfigError(f"--g-repeat-num must be 0 or more, got {self.g_repeat_num}.")
+        if self.cls_dim > self.c_dim:
+            raise ConfigError(
+                f"cls_dim ({self.cls_dim}) cannot exceed c_dim ({self.c_dim}): D classifies "
+                "at most the labels G receives."
+            )
+        if self.image_size < 4 or self.image_size % 4:
+            raise ConfigError(
+                f"--image-size must be a positive multiple of 4 (G down-samples twice), "
+                f"got {self.image_size}."
+            )
+        stride = 2**self.d_repeat_num
+        if self.image_size % stride:
+            raise ConfigError(
+                f"--d-repeat-num {self.d_repeat_num} halves the image {self.d_repeat_num} times, "
+                f"so --image-size must be a multiple of {stride} (got {self.image_size}); use a "
+                f"smaller --d-repeat-num or another --image-size."
+            )
+
+    @property
+    def cls_kernel(self) -> int:
+        """Side of D's final feature map, which is also the classifier head's kernel size."""
+        return self.image_size // 2**self.d_repeat_num
+
+    def to_dict(self) -> dict[str, int]:
+        """A JSON-ready dict with every field explicit."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild from `to_dict()` output; missing fields take their defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"model config has unknown fields {unknown}; expected some of {sorted(known)}."
+            )
+        return cls(**data)
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters (works on meta-device modules too)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def _instance_norm(channels: int) -> nn.InstanceNorm2d:
+    # Running statistics are never used by StarGAN (normalisation always uses the input's own
+    # statistics), so they are not tracked and do not appear in the state_dict.
+    return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+
+
+class _ConvNormReLU(nn.Module):
+    """conv (no bias; IN's shift makes one redundant) -> InstanceNorm(affine) -> ReLU."""
+
+    def __init__(self, conv: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.conv = conv
+        self.norm = _instance_norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)))
+
+
+class ResidualBlock(nn.Module):
+    """x + IN(conv(ReLU(IN(conv(x))))), 3x3 convs, channel count preserved."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.norm1 = _instance_norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.norm2 = _instance_norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.norm1(self.conv1(x)))
+        return x + self.norm2(self.conv2(h))
+
+
+class Generator(nn.Module):
+    """G(x, c): x (N, 3, H, W) in [-1, 1], c (N, c_dim) target labels -> (N, 3, H, W) in [-1, 1].
+
+    H and W must be multiples of 4. Zero padding throughout: with reflection padding the tiled
+    (constant) label planes would be erased by the first instance norm.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.g_conv_dim
+        self.stem = _ConvNormReLU(nn.Conv2d(3 + cfg.c_dim, w, 7, 1, 3, bias=False), w)
+        self.down = nn.ModuleList(
+            _ConvNormReLU(nn.Conv2d(w * m, w * m * 2, 4, 2, 1, bias=False), w * m * 2)
+            for m in (1, 2)
+        )
+        self.blocks = nn.Sequential(*(ResidualBlock(w * 4) for _ in range(cfg.g_repeat_num)))
+        self.up = nn.ModuleList(
+            _ConvNormReLU(nn.ConvTranspose2d(w * m, w * m // 2, 4, 2, 1, bias=False), w * m // 2)
+            for m in (4, 2)
+        )
+        self.to_rgb = nn.Conv2d(w, 3, 7, 1, 3, bias=False)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if c.shape != (n, self.cfg.c_dim):
+            raise ValueError(
+                f"Generator expects labels of shape ({n}, {self.cfg.c_dim}), got {tuple(c.shape)}"
+            )
+        planes = c.to(x.dtype)[:, :, None, None].expand(n, self.cfg.c_dim, h, w)
+        h_ = torch.cat([x, planes], dim=1)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            h_ = h_.contiguous(memory_format=torch.channels_last)
+        h_ = self.stem(h_)
+        for layer in self.down:
+            h_ = layer(h_)
+        h_ = self.blocks(h_)
+        for layer in self.up:
+            h_ = layer(h_)
+        return torch.tanh(self.to_rgb(h_))
+
+
+class Discriminator(nn.Module):
+    """D(x) -> (src, cls): src (N, 1, k, k) real/fake patch scores, cls (N, cls_dim) logits,
+    with k = image_size / 2**d_repeat_num. The input must be image_size x image_size."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = [3] + [cfg.d_conv_dim * 2**i for i in range(cfg.d_repeat_num)]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1, bias=True)
+            for i in range(cfg.d_repeat_num)
+        )
+        self.src_head = nn.Conv2d(widths[-1], 1, 3, 1, 1, bias=False)
+        self.cls_head = nn.Conv2d(widths[-1], cfg.cls_dim, cfg.cls_kernel, 1, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), LEAKY_SLOPE)
+        return self.src_head(h), self.cls_head(h).flatten(1)
