@@ -76,10 +76,6 @@ def prepare(
 
       starcli prepare folder ./my_faces --name myfaces --size 64
     """
-    from starcli.data.prepare import PrepareConfig
-    from starcli.data.prepare import prepare as run_prepare
-    from starcli.paths import resolve_home
-
     if split not in ("official", "stargan"):
         raise typer.BadParameter("must be `official` or `stargan`", param_hint="--split")
     if compression not in ("none", "lzf", "gzip"):
@@ -98,6 +94,9 @@ def prepare(
     elif path is not None:
         raise typer.BadParameter("a PATH is only taken by `starcli prepare folder`",
                                  param_hint="PATH")
+    from starcli.data.prepare import PrepareConfig
+    from starcli.data.prepare import prepare as run_prepare
+    from starcli.paths import resolve_home
     cfg = PrepareConfig(
         home=resolve_home(home), dataset=name, size=size, crop=crop,
         attrs=split_csv(attrs), split=split, angles=_ints(angles, "--angles"),
