@@ -87,21 +87,17 @@ def fetch_synthetic(spec: DatasetSpec, cfg: FetchConfig, progress: Progress | No
     if stamp and stamp.get("params") == params and not cfg.force:
         log(progress, f"{spec.name}: already generated in {target} (use --force to redo)")
         return {"dataset": spec.name, "path": str(target), "skipped": True, **stamp["summary"]}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=target.parent))
-    try:
-        if spec.format == "celeba":
-            summary = synthetic.generate_celeba(tmp, count=params["count"], seed=cfg.seed,
-                                                progress=progress, workers=cfg.workers)
-        else:
-            summary = synthetic.generate_rafd(tmp, subjects=params["subjects"], seed=cfg.seed,
-                                              progress=progress, workers=cfg.workers)
-        summary = {k: v for k, v in summary.items() if k != "root"}
-        _write_stamp(tmp, {"dataset": spec.name, "params": params, "summary": summary})
-        _replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    # The generators resume an interrupted run (a marker file records their parameters and
+    # completion) and refuse to write over real data, so they write in place.
+    if spec.format == "celeba":
+        summary = synthetic.generate_celeba(target, count=params["count"], seed=cfg.seed,
+                                            progress=progress, workers=cfg.workers)
+    else:
+        summary = synthetic.generate_rafd(target, subjects=params["subjects"], seed=cfg.seed,
+                                          progress=progress, workers=cfg.workers)
+    summary = {k: v for k, v in summary.items() if k != "root"}
+    _write_stamp(target, {"dataset": spec.name, "params": params, "summary": summary})
     log(progress, f"{spec.name}: generated {summary.get('images')} images in {target}")
     return {"dataset": spec.name, "path": str(target), "skipped": False, **summary}
 

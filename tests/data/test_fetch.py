@@ -178,3 +178,17 @@ def test_traversal_archive_from_is_refused(home, tmp_path):
     assert result.exit_code == 1
     assert not (tmp_path / "evil.jpg").exists()
     assert not (home.parent / "evil.jpg").exists()
+
+
+def test_fetch_demo_generates_both_sets_and_skips_when_done(home):
+    result = runner.invoke(app, ["fetch", "demo", "--count", "40", "--subjects", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    parts = {p["dataset"]: p for p in json.loads(result.stdout)["parts"]}
+    assert parts["demo-celeba"]["images"] == 40
+    assert parts["demo-rafd"]["images"] == 2 * 8 * 3 * 3
+    attr = (home / "raw" / "demo-celeba" / "list_attr_celeba.txt").read_text().splitlines()
+    assert attr[0].strip() == "40" and len(attr) == 42
+    again = runner.invoke(app, ["fetch", "demo-celeba", "--count", "40", "--json"])
+    assert json.loads(again.stdout)["skipped"] is True
