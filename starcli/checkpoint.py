@@ -1,0 +1,306 @@
+"""Checkpoints: one directory per saved step, complete or absent.
+
+    runs/<name>/checkpoints/step-00001000/
+        G.safetensors  D.safetensors   weights (no `module.`/`_orig_mod.` prefixes)
+        meta.json                      model config, label table, train config, datasets
+        state.pt                       optimisers, RNG states, schedule and loader position
+
+A checkpoint is written as `checkpoints/.tmp-step-…-<pid>/` and renamed into place, so a
+directory under its final name is always complete. `state.pt` holds plain tensors and
+containers only and is read with `torch.load(weights_only=True)`: a file carrying any other
+Python object is refused, never executed.
+
+    ckpt = load_checkpoint(resolve_checkpoint(Path("runs/latest")))
+    fake = ckpt.G(x, ckpt.layout.encode(0, labels))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from starcli import __version__
+from starcli.data.labels import LabelLayout
+from starcli.errors import CheckpointError
+from starcli.models.networks import Discriminator, Generator, ModelConfig
+
+__all__ = ["FORMAT", "VERSION", "LoadedCheckpoint", "resolve_checkpoint", "load_checkpoint",
+           "save_checkpoint", "load_training_state", "list_checkpoints", "clean_state_dict",
+           "load_weights", "read_meta", "step_dir_name"]
+
+FORMAT = "starcli-checkpoint"
+VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d{8,})$")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint ready for inference: G (eval mode), optionally D, and what they mean."""
+
+    G: Generator
+    D: Discriminator | None
+    model: ModelConfig
+    layout: LabelLayout
+    meta: dict[str, Any]
+    path: Path  # the checkpoint directory
+    state: dict[str, Any] | None = None  # training state, only with with_state=True
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def clean_state_dict(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors keyed without DDP/compile wrapper prefixes."""
+    sd = module.state_dict() if isinstance(module, nn.Module) else module
+    out = {}
+    for key, value in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+            key = key.replace("._orig_mod.", ".")
+        out[key] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / "meta.json").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: dict[str, Any],
+                    state: dict[str, Any] | None, keep_last: int) -> Path:
+    """Write checkpoints/step-<step>/ atomically, then keep only the newest `keep_last`.
+
+    `meta` is completed with format, version, step and starcli version. Returns the
+    checkpoint directory.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_file(clean_state_dict(G), str(tmp / "G.safetensors"), metadata={"format": "pt"})
+        save_file(clean_state_dict(D), str(tmp / "D.safetensors"), metadata={"format": "pt"})
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
+        full_meta = {"format": FORMAT, "version": VERSION, "step": int(step),
+                     "starcli": __version__, **{k: v for k, v in meta.items()
+                                                if k not in ("format", "version", "step")}}
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            _fsync(f)
+        if final.exists():  # saving the same step again (e.g. interrupted right after a save)
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(root, keep_last, keep=final)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _prune(root: Path, keep_last: int, keep: Path) -> None:
+    complete = list_checkpoints(root.parent)
+    for old in complete[:max(0, len(complete) - max(1, keep_last))]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    # Leftovers of writers that died mid-save (their pid is gone).
+    for p in root.glob(".tmp-step-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _latest_link(runs: Path) -> Path | None:
+    link = runs / "latest"
+    if link.exists():
+        return link.resolve()
+    marker = runs / "LATEST"
+    if marker.is_file():
+        name = marker.read_text().strip()
+        if name:
+            return runs / name
+    return None
+
+
+def resolve_checkpoint(path: Path | str | None) -> Path:
+    """The checkpoint directory meant by `path`.
+
+    None → ./runs/latest; a run directory → its newest complete checkpoint; a checkpoint
+    directory; or a file inside one (G.safetensors, D.safetensors, meta.json, state.pt).
+    """
+    if path is None or str(path) == "latest":
+        latest = _latest_link(Path("runs"))
+        if latest is None:
+            raise CheckpointError("no runs/latest in this folder; pass the run directory or "
+                                  "checkpoint to use (e.g. runs/demo-celeba-20240101-120000).")
+        path = latest
+    path = Path(path)
+    if path.is_file():
+        if path.name in ("G.safetensors", "D.safetensors", "meta.json", "state.pt"):
+            path = path.parent
+        else:
+            raise CheckpointError(f"{path} is not part of a starcli checkpoint; pass a run "
+                                  "directory or a checkpoints/step-… directory (official "
+                                  ".ckpt files: `starcli import stargan-v1`).")
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass a run directory or a checkpoint "
+                              "directory written by `starcli train`.")
+    if (path / "meta.json").is_file():
+        return path
+    run_dir = path.parent if path.name == "checkpoints" else path
+    found = list_checkpoints(run_dir)
+    if found:
+        return found[-1]
+    raise CheckpointError(f"{path} holds no complete checkpoint (checkpoints/step-…/meta.json); "
+                          "pass a run directory that has saved at least once, or a checkpoint "
+                          "directory.")
+
+
+def read_meta(ckpt_dir: Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete. Pass the run "
+                              "directory to pick its newest complete checkpoint.") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({exc}); use another checkpoint.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a starcli checkpoint (format "
+                              f"{meta.get('format') if isinstance(meta, dict) else None!r}); "
+                              "import official weights with `starcli import stargan-v1`.")
+    if int(meta.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {meta['version']}; this "
+                              f"starcli reads up to {VERSION}. Upgrade starcli.")
+    return meta
+
+
+def load_weights(module: nn.Module, file: Path) -> None:
+    """Load a safetensors state_dict into `module` (strict); CheckpointError on mismatch."""
+    try:
+        tensors = load_file(str(file))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing; the checkpoint is incomplete.") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({exc}).") from None
+    try:
+        module.load_state_dict(clean_state_dict(tensors), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{file} does not match the model in meta.json ({first}).") from None
+
+
+def load_training_state(ckpt_dir: Path, map_location: str | torch.device = "cpu"
+                        ) -> dict[str, Any]:
+    """state.pt of a checkpoint, read with weights_only=True (unsafe pickles are refused)."""
+    file = Path(ckpt_dir) / "state.pt"
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing; this checkpoint holds weights only and "
+                              "cannot resume training (translate and eval still work).")
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"refusing to load {file}: it contains Python objects beyond plain tensors (unsafe "
+            f"pickle{': ' + first[:120] if first else ''}); only use checkpoints you trust and "
+            "that starcli wrote.") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise CheckpointError(f"{file} is unreadable ({first}); resume from an older "
+                              "checkpoint.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} does not hold a training-state dict.")
+    return state
+
+
+def load_checkpoint(path: Path | str | None, device: str | torch.device = "cpu",
+                    with_discriminator: bool = True, with_state: bool = False
+                    ) -> LoadedCheckpoint:
+    """Load a checkpoint (anything `resolve_checkpoint` accepts) for inference.
+
+    G (and D) come back in eval mode on `device`. `with_state=True` also reads the training
+    state (optimisers, RNGs), refusing unsafe pickles.
+    """
+    ckpt_dir = resolve_checkpoint(path)
+    meta = read_meta(ckpt_dir)
+    if not meta.get("labels"):
+        raise CheckpointError(f"{ckpt_dir} has no label table; it was not written by starcli "
+                              "train (import official weights with `starcli import stargan-v1`).")
+    try:
+        layout = LabelLayout.from_dict(meta["labels"])
+        model = ModelConfig.from_dict(meta["model"])
+    except Exception as exc:  # noqa: BLE001 - any malformed table is the same user problem
+        raise CheckpointError(f"{ckpt_dir / 'meta.json'} has a malformed model or label table "
+                              f"({exc}).") from None
+    state = load_training_state(ckpt_dir) if with_state else None
+    G = Generator(model)
+    load_weights(G, ckpt_dir / "G.safetensors")
+    G.to(device).eval()
+    D = None
+    if with_discriminator:
+        D = Discriminator(model)
+        load_weights(D, ckpt_dir / "D.safetensors")
+        D.to(device).eval()
+    return LoadedCheckpoint(G=G, D=D, model=model, layout=layout, meta=meta, path=ckpt_dir,
+                            state=state)

@@ -1,0 +1,230 @@
+"""`starcli eval`: classification accuracy, reconstruction and FID of a checkpoint, with a
+report; `starcli eval train-classifier`: the accuracy metric's classifier on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from starcli.commands._common import (
+    HomeOpt,
+    JsonOpt,
+    RichProgress,
+    cli_errors,
+    console,
+    emit_json,
+    split_csv,
+)
+
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _names(values: list[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values or []:
+        out.extend(split_csv(value) or ())
+    return tuple(out)
+
+
+@app.callback()
+@cli_errors
+def eval_(
+    ctx: typer.Context,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", "-c", help="Run directory, checkpoint directory (or a file in one), or "
+                                   "a fetched pretrained name. Default: runs/latest.",
+        show_default=False)] = None,
+    dataset: Annotated[list[str] | None, typer.Option(
+        "--dataset", "-d", help="Prepared dataset(s) to evaluate, each matched to the label "
+                                "space with the same labels (default: the checkpoint's own "
+                                "datasets). Repeat or comma-separate.",
+        show_default=False)] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of real images to translate "
+                                                       "(train, valid or test).")] = "test",
+    metrics: Annotated[str, typer.Option(
+        "--metrics", help="Comma-separated: accuracy, reconstruction, fid.")
+    ] = "accuracy,reconstruction,fid",
+    num_images: Annotated[int | None, typer.Option(
+        "--num-images", "-n", min=1, help="Use at most N images per dataset (default: all).",
+        show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Report folder (default: <run dir>/eval).", file_okay=False,
+        show_default=False)] = None,
+    inception_weights: Annotated[Path | None, typer.Option(
+        "--inception-weights", help="Inception-v3 state_dict for FID (pytorch-fid "
+                                    "pt_inception-2015-12-05-*.pth or torchvision "
+                                    "inception_v3_google-*.pth). Default: the torch hub cache.",
+        exists=True, dir_okay=False, show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Images per model call.")] = 32,
+    classifier_epochs: Annotated[int | None, typer.Option(
+        "--classifier-epochs", min=1, help="Epochs for a classifier trained by this run "
+                                           "(default: automatic).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the classifier training.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
+                      ] = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, or bf16 for faster translation (numbers shift "
+                            "slightly).")] = "fp32",
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure a checkpoint on held-out real images and write a report.
+
+    Test images are translated to every target the checkpoint knows, then
+    judged by a classifier trained on the real train split (cached in
+    <home>/classifiers/). success: share of faces without the target before
+    that carry it after; ceiling: the classifier's accuracy on real images.
+    Also reconstruction L1, and FID when Inception weights are available.
+    Writes report.json, report.md, sample grids and an accuracy chart.
+
+    Examples:
+
+      starcli eval
+
+      starcli eval -c runs/joint-20240101-120000 -n 500 --metrics accuracy
+
+      starcli eval -c pretrained-celeba-128 -d celeba --inception-weights pt.pth
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from starcli.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(
+        checkpoint=Path(checkpoint).expanduser() if checkpoint else None, home=home,
+        datasets=_names(dataset), split=split, metrics=split_csv(metrics) or (),
+        num_images=num_images, out=out.expanduser() if out else None,
+        inception_weights=inception_weights, batch_size=batch_size, seed=seed, device=device,
+        precision=precision.lower(), classifier_epochs=classifier_epochs)
+    with RichProgress() as progress:
+        report = evaluate(cfg, progress=progress)
+    _print_report(report)
+    if json_out:
+        emit_json(_summary(report))
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What --json prints: the summary, one row per target, and the files."""
+    targets = [{"dataset": sec["dataset"], **row}
+               for sec in report["datasets"] for row in sec["targets"]]
+    datasets = [{k: sec.get(k) for k in ("dataset", "kind", "images", "mean",
+                                         "classification_error")}
+                for sec in report["datasets"]]
+    return {"checkpoint": report["checkpoint"], "step": report["step"],
+            "split": report["split"], "summary": report["summary"], "datasets": datasets,
+            "targets": targets, "fid": report.get("fid"), "files": report["files"],
+            "out": report["out"]}
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    joint = len(report["datasets"]) > 1
+    table = Table(title=f"eval: step {report['step']} ({report['split']} split)",
+                  title_justify="left")
+    if joint:
+        table.add_column("dataset")
+    for name, justify in (("target", "left"), ("success", "right"), ("accuracy", "right"),
+                          ("ceiling", "right"), ("rec. L1", "right"), ("FID", "right")):
+        table.add_column(name, justify=justify)
+    for sec in report["datasets"]:
+        for row in sec["targets"]:
+            cells = [row["target"], _pct(row["success"]), _pct(row["accuracy"]),
+                     _pct(row["ceiling"]), _num(row["reconstruction_l1"]),
+                     _num(row["fid"], 2)]
+            table.add_row(*([sec["dataset"]] if joint else []), *cells)
+        m = sec["mean"]
+        table.add_row(*([sec["dataset"]] if joint else []), "[bold]mean[/]",
+                      _pct(m["success"]), _pct(m["accuracy"]), _pct(m["ceiling"]),
+                      _num(m["reconstruction_l1"]), _num(m["fid"], 2), end_section=True)
+    console.print(table)
+    s = report["summary"]
+    console.print(f"success {_pct(s['success'])} (faces that did not carry the target before), "
+                  f"accuracy {_pct(s['accuracy'])}, classifier on real images "
+                  f"{_pct(s['ceiling'])}, reconstruction L1 {_num(s['reconstruction_l1'])}"
+                  + (f", FID {_num(s['fid'], 2)}" if s.get("fid") is not None else ""))
+    for sec in report["datasets"]:
+        err = sec.get("classification_error")
+        if err:
+            line = (f"{sec['dataset']}: classification error of translated images "
+                    f"{_pct(err['translated'], 2)} (real {_pct(err['real'], 2)})")
+            if err.get("paper"):
+                line += (f"; StarGAN paper on RaFD: {_pct(err['paper']['stargan'], 2)} "
+                         f"(real {_pct(err['paper']['real'], 2)})")
+            console.print(line)
+    files = report["files"]
+    console.print(f"[green]✓[/] report: {files['markdown']}")
+    for path in files["samples"].values():
+        console.print(f"  samples: {path}")
+    if files.get("chart"):
+        console.print(f"  chart: {files['chart']}")
+
+
+@app.command("train-classifier")
+@cli_errors
+def train_classifier(
+    names: Annotated[list[str], typer.Argument(
+        help="Prepared dataset(s) to train the eval classifier on.", show_default=False)],
+    size: Annotated[int | None, typer.Option(
+        "--size", help="Image size of the prepared data (default: the only one prepared).",
+        show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="Training epochs (default: automatic).",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if a matching "
+                                                        "classifier is cached.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
+                      ] = "auto",
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train (or reuse) the classifier that `starcli eval` uses as its judge.
+
+    It learns every label of the dataset's label table from the real train
+    split and is cached in <home>/classifiers/, keyed by the data's checksums.
+
+    Examples:
+
+      starcli eval train-classifier demo-celeba demo-rafd
+
+      starcli eval train-classifier celeba --size 128 --epochs 3 --device cuda
+    """
+    from starcli.classifier import find_cached, load_classifier
+    from starcli.classifier import train_classifier as run_train
+    from starcli.data.dataset import open_prepared
+    from starcli.paths import resolve_home
+
+    root = resolve_home(home)
+    results = []
+    with RichProgress() as progress:
+        for name in _names(names):
+            prepared = open_prepared(root, name, size)
+            cached = not force and find_cached(prepared, epochs=epochs, seed=seed,
+                                               home=root) is not None
+            path = run_train(prepared, epochs=epochs, seed=seed, home=root, device=device,
+                             force=force, progress=progress)
+            meta = load_classifier(path, "cpu").meta
+            results.append({"dataset": name, "path": str(path), "reused": cached,
+                            "epochs": meta.get("epochs"), "holdout": meta.get("holdout"),
+                            "seconds": meta.get("seconds")})
+    for r in results:
+        holdout = r["holdout"] or {}
+        verb = "reused" if r["reused"] else "trained"
+        console.print(f"[green]✓[/] {r['dataset']}: {verb} ({r['epochs']} epochs), "
+                      f"{holdout.get('split', 'holdout')} accuracy "
+                      f"{_pct(holdout.get('accuracy'))}")
+        console.print(f"  {r['path']}")
+    if json_out:
+        emit_json({"classifiers": results})

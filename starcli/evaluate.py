@@ -1,0 +1,426 @@
+"""`starcli eval`: how well a checkpoint translates, measured on held-out real images.
+
+For every label space of the checkpoint (one per dataset; a joint model has several) the test
+images of that space's prepared dataset are translated to every target domain:
+
+- accuracy (StarGAN's classification metric): a separately trained classifier
+  (`starcli.classifier`) judges whether each translated image carries its target. `accuracy` is
+  the share over all test images; `success` the share over the images that did not carry the
+  target before (Male=1 counted on faces that are not male), which is the harder number. The
+  classifier's accuracy on the real test images is the ceiling. One-hot spaces also get the
+  paper's classification error of translated images (RaFD: StarGAN 2.12%, real 0.45%).
+- reconstruction: mean L1 (pixels in [-1, 1]) between x and G(G(x, c_trg), c_org), c_org being
+  the image's own labels.
+- fid: Fréchet Inception Distance between the real test images of the target domain and the
+  translations (skipped, with one line saying how to get weights, when none are available).
+
+Targets, per multi-label space: each exclusive-group member switched on (the rest of its group
+off), and every other label both ways (`Male=1`, `Male=0`); per one-hot space: each class.
+
+    report = evaluate(EvalConfig(checkpoint=Path("runs/latest")))
+    report["summary"]["success"], report["summary"]["reconstruction_l1"]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from starcli.checkpoint import LoadedCheckpoint, load_checkpoint
+from starcli.classifier import accuracy_table, load_classifier, train_classifier
+from starcli.data.dataset import PreparedDataset, iterate_split, open_prepared, to_tensor
+from starcli.data.labels import LabelSpace
+from starcli.errors import ConfigError, StarcliError
+from starcli.fid import FeatureStats, fid_between, how_to_provide, load_inception
+from starcli.paths import resolve_home
+from starcli.progress import Progress, log, progress_task
+
+__all__ = ["METRICS", "PAPER_RAFD_ERROR", "EvalConfig", "EvalTarget", "evaluate",
+           "targets_for", "default_out_dir"]
+
+METRICS = ("accuracy", "reconstruction", "fid")
+# StarGAN (CVPR 2018), RaFD expression classification error: translated images and real ones.
+PAPER_RAFD_ERROR = {"stargan": 0.0212, "real": 0.0045}
+REPORT_FORMAT = "starcli-eval"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `starcli eval` measures, on which data, and where the report goes."""
+
+    checkpoint: Path | None = None  # run/checkpoint dir, file in one, or a fetched pretrained
+    #                                 name; None: runs/latest
+    home: Path | None = None  # data root (None: $STARCLI_HOME or ~/.cache/starcli)
+    datasets: tuple[str, ...] = ()  # prepared datasets to evaluate; () = the checkpoint's own
+    split: str = "test"
+    metrics: tuple[str, ...] = METRICS
+    num_images: int | None = None  # cap on images per dataset (None: the whole split)
+    out: Path | None = None  # report folder (None: <run dir>/eval)
+    inception_weights: Path | None = None  # FID weights (None: look in the torch hub cache)
+    batch_size: int = 32
+    seed: int = 0  # classifier training; everything else is deterministic already
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "fp32"  # fp32, or bf16 autocast for G (faster, numbers shift slightly)
+    classifier_epochs: int | None = None  # None: the classifier's automatic choice
+    grid_images: int = 6  # input faces per sample grid
+
+    def __post_init__(self) -> None:
+        metrics = tuple(dict.fromkeys(m.strip().lower() for m in self.metrics if m.strip()))
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ConfigError(f"--metrics {','.join(self.metrics)}: choose from "
+                              f"{','.join(METRICS)}.")
+        object.__setattr__(self, "metrics", metrics)
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        if self.num_images is not None and self.num_images < 1:
+            raise ConfigError(f"--num-images must be at least 1 (got {self.num_images}).")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if self.grid_images < 0:
+            raise ConfigError(f"grid_images must be 0 or more (got {self.grid_images}).")
+        if self.classifier_epochs is not None and self.classifier_epochs < 1:
+            raise ConfigError(f"--classifier-epochs must be at least 1 "
+                              f"(got {self.classifier_epochs}).")
+        if not self.split:
+            raise ConfigError("--split must name a split (train, valid or test).")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision must be fp32 or bf16 (got {self.precision!r}).")
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """One target domain of one label space."""
+
+    name: str  # as `translate --to` spells it: "Blond_Hair", "Male=0", "happy"
+    column: int  # the judged label's column in the space
+    value: int  # 1: the label must be on after translation; 0: off
+    off: tuple[int, ...] = ()  # columns switched off with it (its exclusive group)
+    onehot: bool = False
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """Target labels for images whose own labels are `labels` (N, width)."""
+        out = np.zeros_like(labels) if self.onehot else labels.copy()
+        out[:, list(self.off)] = 0
+        out[:, self.column] = self.value
+        return out
+
+    def carried(self, labels: np.ndarray) -> np.ndarray:
+        """(N,) bool: which rows (0/1 labels or bool decisions) carry this target."""
+        return (np.asarray(labels)[:, self.column] > 0.5) == bool(self.value)
+
+
+def targets_for(space: LabelSpace) -> list[EvalTarget]:
+    """The paper's protocol: group members on, other labels both ways; every one-hot class."""
+    if space.kind == "onehot":
+        return [EvalTarget(name, j, 1, onehot=True) for j, name in enumerate(space.names)]
+    out = []
+    for j, name in enumerate(space.names):
+        group = space.group_of(name)
+        if group and len(group) > 1:
+            off = tuple(space.names.index(g) for g in group if g != name and g in space.names)
+            out.append(EvalTarget(name, j, 1, off))
+        else:
+            out.append(EvalTarget(f"{name}=1", j, 1))
+            out.append(EvalTarget(f"{name}=0", j, 0))
+    return out
+
+
+def default_out_dir(checkpoint_dir: Path) -> Path:
+    """<run dir>/eval for a checkpoint at <run dir>/checkpoints/step-…; else <ckpt>/eval."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if checkpoint_dir.parent.name == "checkpoints":
+        return checkpoint_dir.parent.parent / "eval"
+    return checkpoint_dir / "eval"
+
+
+def _checkpoint_arg(path: Path | None, home: Path) -> Path | None:
+    """A bare pretrained name (`pretrained-celeba-128`) → where `starcli fetch` put it."""
+    if path is None or Path(path).exists() or len(Path(path).parts) != 1:
+        return path
+    fetched = home / "pretrained" / Path(path).name
+    return fetched if fetched.exists() else path
+
+
+def _device(name: str) -> torch.device:
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --- Which prepared dataset evaluates which label space ---------------------------------------
+
+@dataclass(frozen=True)
+class _Pairing:
+    space_index: int
+    dataset: PreparedDataset
+    columns: tuple[int, ...]  # dataset label column for each of the space's names
+
+
+def _describe(space: LabelSpace) -> str:
+    return f"{space.dataset} [{', '.join(space.names)}]"
+
+
+def _columns(space: LabelSpace, data: LabelSpace) -> tuple[int, ...] | None:
+    if space.kind != data.kind or sorted(space.names) != sorted(data.names):
+        return None
+    return tuple(data.names.index(n) for n in space.names)
+
+
+def _pair(ckpt: LoadedCheckpoint, home: Path, names: Sequence[str]) -> list[_Pairing]:
+    layout, size = ckpt.layout, ckpt.model.image_size
+    spaces = layout.spaces
+    listing = "; ".join(_describe(s) for s in spaces)
+    if not names:
+        pairs = []
+        for i, space in enumerate(spaces):
+            ds = open_prepared(home, space.dataset, size)
+            cols = _columns(space, ds.space)
+            if cols is None:
+                raise StarcliError(
+                    f"{ds.name} is now prepared with labels {_describe(ds.space)[len(ds.name):]}"
+                    f" but the checkpoint was trained on {_describe(space)}; re-prepare it "
+                    f"with those labels or pass --dataset NAME of a matching dataset.")
+            pairs.append(_Pairing(i, ds, cols))
+        return pairs
+    pairs, used = [], {}
+    for name in dict.fromkeys(names):
+        ds = open_prepared(home, name, size)
+        fits = [i for i, s in enumerate(spaces) if _columns(s, ds.space) is not None]
+        if not fits:
+            raise StarcliError(f"--dataset {name} has labels {_describe(ds.space)[len(name):]},"
+                               f" which match none of the checkpoint's label spaces ({listing}); "
+                               f"pass a dataset prepared with the same labels.")
+        # Prefer the space of the same name, then any matching space not yet taken.
+        order = sorted(fits, key=lambda i: spaces[i].dataset != name)
+        free = [i for i in order if i not in used]
+        if not free:
+            raise StarcliError(f"--dataset {name} and --dataset {used[order[0]]} both match "
+                               f"the label space of {spaces[order[0]].dataset}; pass only one.")
+        i = free[0]
+        used[i] = name
+        pairs.append(_Pairing(i, ds, _columns(spaces[i], ds.space)))
+    return sorted(pairs, key=lambda p: p.space_index)
+
+
+# --- Accumulators -------------------------------------------------------------------------------
+
+@dataclass
+class _TargetTally:
+    target: EvalTarget
+    images: int = 0
+    hits: int = 0
+    eligible: int = 0  # images that did not carry the target before
+    eligible_hits: int = 0
+    l1_sum: float = 0.0
+    l1_count: int = 0
+    real: FeatureStats = field(default_factory=FeatureStats)  # real images of the domain
+    fake: FeatureStats = field(default_factory=FeatureStats)
+    samples: np.ndarray | None = None  # uint8 (k, S, S, 3)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) in [-1, 1] → (N, S, S, 3) uint8."""
+    u8 = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return u8.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / den if den else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+# --- Evaluation -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, home: Path,
+                    device: torch.device, inception, progress: Progress | None
+                    ) -> dict[str, Any]:
+    layout = ckpt.layout
+    si, ds = pair.space_index, pair.dataset
+    space = layout.spaces[si]
+    available = int(ds.splits.get(cfg.split, 0))
+    if cfg.split not in ds.splits:
+        raise StarcliError(f"{ds.name} has no {cfg.split!r} split (it has "
+                           f"{', '.join(sorted(ds.splits))}); pass --split.")
+    total = available if cfg.num_images is None else min(available, cfg.num_images)
+    if total < 1:
+        raise StarcliError(f"{ds.name} has no {cfg.split} images to evaluate; re-run "
+                           f"`starcli prepare {ds.name}`.")
+    targets = targets_for(space)
+    tallies = [_TargetTally(t) for t in targets]
+    want_acc = "accuracy" in cfg.metrics
+    want_rec = "reconstruction" in cfg.metrics
+    want_fid = "fid" in cfg.metrics and inception is not None
+
+    clf, clf_info = None, None
+    if want_acc:
+        # The judge is trained with the same label names as the dataset; its columns are
+        # reordered to the space's order below.
+        path = train_classifier(ds, epochs=cfg.classifier_epochs, seed=cfg.seed, home=home,
+                                device=device, progress=progress)
+        clf = load_classifier(path, device)
+        clf_info = {"path": str(path), "epochs": clf.meta.get("epochs"),
+                    "train_images": clf.meta.get("train_images")}
+    columns = list(pair.columns)
+
+    real_decisions, real_truth, real_labels = [], [], []
+    inputs: np.ndarray | None = None
+    G = ckpt.G.to(memory_format=torch.channels_last)
+    bf16 = cfg.precision == "bf16"
+
+    def translate(images: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return G(images, c).float()
+
+    with progress_task(progress, f"eval {ds.name}", total=total * len(targets),
+                       unit="images") as task:
+        for images, labels, _ in iterate_split(ds, cfg.split, batch_size=cfg.batch_size,
+                                               limit=total):
+            labels = labels[:, columns]
+            x = to_tensor(images).to(device).contiguous(memory_format=torch.channels_last)
+            c_org = layout.encode(si, torch.from_numpy(labels)).to(device)
+            real_labels.append(labels)
+            if inputs is None or len(inputs) < cfg.grid_images:
+                keep = cfg.grid_images - (0 if inputs is None else len(inputs))
+                inputs = images[:keep] if inputs is None else np.concatenate(
+                    [inputs, images[:keep]])
+            if clf is not None:
+                real_decisions.append(clf.predict(x).numpy()[:, columns])
+                real_truth.append(labels > 0.5)
+            real_feats = inception.features(x) if want_fid else None
+            for tally in tallies:
+                t = tally.target
+                c_trg = layout.encode(si, torch.from_numpy(t.apply(labels))).to(device)
+                fake = translate(x, c_trg)
+                if clf is not None:
+                    decided = clf.predict(fake).numpy()[:, columns]
+                    carries = t.carried(decided)
+                    before = t.carried(labels)
+                    tally.images += len(labels)
+                    tally.hits += int(carries.sum())
+                    tally.eligible += int((~before).sum())
+                    tally.eligible_hits += int((carries & ~before).sum())
+                if want_rec:
+                    rec = translate(fake, c_org)
+                    l1 = (rec - x).abs().flatten(1).mean(1)
+                    tally.l1_sum += float(l1.double().sum())
+                    tally.l1_count += len(l1)
+                if want_fid:
+                    tally.real.add(real_feats[tally.target.carried(labels)])
+                    tally.fake.add(inception.features(fake))
+                have = 0 if tally.samples is None else len(tally.samples)
+                if have < cfg.grid_images:
+                    new = _to_uint8(fake[:cfg.grid_images - have])
+                    tally.samples = new if tally.samples is None else np.concatenate(
+                        [tally.samples, new])
+                task.advance(len(labels))
+
+    truth_all = np.concatenate(real_labels)
+    ceiling = None
+    if clf is not None:
+        ceiling = accuracy_table(np.concatenate(real_decisions), np.concatenate(real_truth),
+                                 space)
+    rows = []
+    for tally in tallies:
+        t = tally.target
+        row: dict[str, Any] = {
+            "target": t.name, "label": space.names[t.column], "value": t.value,
+            "images": total,
+            "eligible": int((~t.carried(truth_all)).sum()),
+            "accuracy": _ratio(tally.hits, tally.images) if clf is not None else None,
+            "success": _ratio(tally.eligible_hits, tally.eligible) if clf is not None else None,
+            "ceiling": ceiling["per_label"][space.names[t.column]] if ceiling else None,
+            "reconstruction_l1": _ratio(tally.l1_sum, tally.l1_count) if want_rec else None,
+            "fid": None,
+        }
+        if want_fid:
+            if tally.real.count >= 2 and tally.fake.count >= 2:
+                row["fid"] = fid_between(tally.real, tally.fake)
+            else:
+                row["fid_note"] = (f"{tally.real.count} real {cfg.split} image(s) carry "
+                                   f"{t.name}; FID needs at least 2")
+        rows.append(row)
+
+    section: dict[str, Any] = {
+        "dataset": ds.name, "space": space.dataset, "format": space.format,
+        "kind": space.kind, "split": cfg.split, "images": total,
+        "classifier": ({**clf_info, "real_accuracy": ceiling} if clf_info else None),
+        "targets": rows,
+        "mean": {key: _mean([r[key] for r in rows])
+                 for key in ("accuracy", "success", "ceiling", "reconstruction_l1", "fid")},
+    }
+    if space.kind == "onehot" and clf is not None:
+        translated = _mean([r["accuracy"] for r in rows])
+        section["classification_error"] = {
+            "translated": None if translated is None else 1.0 - translated,
+            "real": None if ceiling["overall"] is None else 1.0 - ceiling["overall"],
+            "paper": dict(PAPER_RAFD_ERROR) if space.format == "rafd" else None,
+        }
+    section["_grid"] = (inputs, [(t.target.name, t.samples) for t in tallies])
+    return section
+
+
+def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the metrics of `cfg` and write report.json, report.md and the PNGs to the output
+    folder; returns the report (what report.json holds)."""
+    from starcli import report as report_mod
+
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    home = resolve_home(cfg.home)
+    device = _device(cfg.device)
+    ckpt = load_checkpoint(_checkpoint_arg(cfg.checkpoint, home), device=device,
+                           with_discriminator=False)
+    pairs = _pair(ckpt, home, cfg.datasets)
+    out = Path(cfg.out) if cfg.out is not None else default_out_dir(ckpt.path)
+
+    inception, fid_info = None, None
+    if "fid" in cfg.metrics:
+        inception = load_inception(cfg.inception_weights, device)
+        if inception is None:
+            fid_info = {"skipped": how_to_provide()}
+            log(progress, fid_info["skipped"])
+        else:
+            fid_info = {"weights": str(inception.path), "kind": inception.kind}
+            if inception.kind != "pytorch-fid":
+                log(progress, f"FID with torchvision ImageNet weights ({inception.path.name}): "
+                              f"comparable between starcli runs, not with published FIDs.")
+
+    sections = []
+    for pair in pairs:
+        sections.append(_evaluate_space(ckpt, pair, cfg, home, device, inception, progress))
+
+    every = [r for s in sections for r in s["targets"]]
+    summary = {key: _mean([r[key] for r in every])
+               for key in ("success", "accuracy", "ceiling", "reconstruction_l1", "fid")}
+    summary["targets"] = len(every)
+    summary["images"] = sum(s["images"] for s in sections)
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT, "version": 1,
+        "checkpoint": str(ckpt.path), "step": ckpt.step, "split": cfg.split,
+        "metrics": list(cfg.metrics), "seed": cfg.seed, "device": str(device),
+        "precision": cfg.precision,
+        "num_images": cfg.num_images, "fid": fid_info, "summary": summary,
+        "datasets": sections, "out": str(out),
+        "notes": {"success": "share of images that did not carry the target before and do "
+                             "after translation, as judged by the classifier",
+                  "accuracy": "share of all translated images judged to carry the target",
+                  "ceiling": "the classifier's accuracy on the real images (per label)",
+                  "reconstruction_l1": "mean |x - G(G(x, c_trg), c_org)|, pixels in [-1, 1]"},
+    }
+    report["files"] = report_mod.write_report(out, report)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    for s in sections:
+        s.pop("_grid", None)
+    report_mod.write_json(out, report)
+    return report

@@ -1,0 +1,132 @@
+"""`starcli train`: options → TrainConfig, exit codes, dry run, a real tiny run and resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from starcli.cli import app
+
+runner = CliRunner()
+
+
+def _make_dataset():
+    """The synthetic prepared-dataset writer of tests/test_training.py."""
+    path = Path(__file__).resolve().parents[1] / "test_training.py"
+    spec = importlib.util.spec_from_file_location("_starcli_training_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def prepared(home, tmp_path, monkeypatch):
+    make_dataset = _make_dataset()
+    make_dataset(home, "demo-celeba", "celeba", seed=1)
+    make_dataset(home, "demo-rafd", "rafd", seed=2)
+    monkeypatch.chdir(tmp_path)  # runs/ goes here
+    return home
+
+
+TINY = ["--preset", "tiny", "--device", "cpu", "--precision", "fp32"]
+
+
+def test_help_has_an_example():
+    result = runner.invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "starcli train --dataset demo-celeba" in result.stdout
+    assert "--resume" in result.stdout and "--gpus" not in result.stdout
+
+
+def test_options_reach_the_engine(prepared, monkeypatch):
+    import starcli.training
+
+    seen = {}
+
+    def fake_train(cfg, progress=None, **kw):
+        seen["cfg"] = cfg
+        return {"interrupted": False, "step": cfg.iters, "iters": cfg.iters, "seconds": 1.0,
+                "images_per_s": 2.0, "device": "cpu", "precision": "fp32", "run_dir": "r",
+                "checkpoint": "c", "samples": None, "metrics": {}, "resume_command": "x"}
+
+    monkeypatch.setattr(starcli.training, "train", fake_train)
+    result = runner.invoke(app, ["train", "--joint", "--dataset", "demo-celeba,demo-rafd",
+                                 "--mix", "2,1", "--iters", "7", "--batch-size", "16",
+                                 "--adv-loss", "lsgan", "--lambda-rec", "5", "--no-channels-last",
+                                 "--keep", "4", "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert cfg.datasets == ("demo-celeba", "demo-rafd") and cfg.joint and cfg.mix == (2.0, 1.0)
+    assert (cfg.iters, cfg.batch_size, cfg.adv_loss, cfg.lambda_rec, cfg.channels_last,
+            cfg.keep_last, cfg.preset) == (7, 16, "lsgan", 5.0, False, 4, "tiny")
+    assert cfg.n_critic == 2  # untouched: the preset's value
+    assert json.loads(result.stdout)["step"] == 7
+
+
+def test_dry_run_prints_resolved_config(prepared):
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", "--dry-run", "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["image_size"] == 32 and summary["model"]["c_dim"] == 3
+    assert summary["parameters"]["G"] > 0
+    human = runner.invoke(app, ["train", "-d", "demo-celeba", "--dry-run", *TINY])
+    assert human.exit_code == 0 and '"batch_size": 8' in human.stderr
+    assert "dry run" in human.stderr
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["-d", "no-such-set"], 2, "Unknown dataset"),
+    (["-d", "demo-celeba", "--image-size", "64"], 2, "prepared at 32px"),
+    (["-d", "demo-celeba", "--d-repeat-num", "6"], 2, "too deep"),
+    (["-d", "demo-celeba,demo-rafd"], 2, "--joint"),
+    (["-d", "demo-celeba", "--adv-loss", "wgan"], 2, "--adv-loss"),
+    (["-d", "celeba"], 1, "starcli prepare celeba"),
+    (["--resume", "nowhere"], 1, "does not exist"),
+])
+def test_bad_requests_exit_before_work(prepared, tmp_path, args, code, text):
+    result = runner.invoke(app, ["train", *args, *TINY])
+    assert result.exit_code == code, result.output
+    assert text in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_small_batch_warns(prepared, monkeypatch):
+    import starcli.training
+
+    monkeypatch.setattr(starcli.training, "train", lambda cfg, **kw: {
+        "interrupted": True, "step": 1, "iters": 2, "checkpoint": "ck", "resume_command": "R"})
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", "--batch-size", "4", *TINY])
+    assert result.exit_code == 0
+    assert "below 8" in result.stderr
+    assert "Interrupted" in result.stderr and "Resume with: R" in result.stderr
+
+
+def test_real_tiny_run_then_resume(prepared, tmp_path):
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", "--iters", "2", "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["step"] == 2 and out["checkpoint"].endswith("step-00000002")
+    assert (tmp_path / "runs" / "latest").resolve() == tmp_path / "runs" / \
+        out["run_dir"].rsplit("/", 1)[-1]
+
+    more = runner.invoke(app, ["train", "--resume", "latest", "--iters", "4", "--json"])
+    assert more.exit_code == 0, more.output
+    again = json.loads(more.stdout)
+    assert again["resumed_from"] == 2 and again["step"] == 4
+    assert again["run_dir"] == out["run_dir"]
+
+    changed = runner.invoke(app, ["train", "--resume", "latest", "--image-size", "64"])
+    assert changed.exit_code == 2 and "cannot change when resuming" in changed.output
