@@ -221,7 +221,7 @@ class _TargetTally:
     l1_count: int = 0
     real: FeatureStats = field(default_factory=FeatureStats)  # real images of the domain
     fake: FeatureStats = field(default_factory=FeatureStats)
-    samples: np.ndarray | None = None  # uint8 (k, S, S, 3)
+    samples: list[np.ndarray] = field(default_factory=list)  # uint8 (k, S, S, 3) parts
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -274,7 +274,10 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
     columns = list(pair.columns)
 
     real_decisions, real_truth, real_labels = [], [], []
-    inputs: np.ndarray | None = None
+    # Sample-grid faces spread over the split (rows are often ordered by subject).
+    grid_rows = np.unique(np.linspace(0, total - 1, min(cfg.grid_images, total)).round()
+                          .astype(np.int64))
+    inputs: list[np.ndarray] = []
     G = ckpt.G.to(memory_format=torch.channels_last)
     bf16 = cfg.precision == "bf16"
 
@@ -284,16 +287,15 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
 
     with progress_task(progress, f"eval {ds.name}", total=total * len(targets),
                        unit="images") as task:
-        for images, labels, _ in iterate_split(ds, cfg.split, batch_size=cfg.batch_size,
-                                               limit=total):
+        for images, labels, rows in iterate_split(ds, cfg.split, batch_size=cfg.batch_size,
+                                                  limit=total):
+            show = np.isin(rows, grid_rows)
             labels = labels[:, columns]
             x = to_tensor(images).to(device).contiguous(memory_format=torch.channels_last)
             c_org = layout.encode(si, torch.from_numpy(labels)).to(device)
             real_labels.append(labels)
-            if inputs is None or len(inputs) < cfg.grid_images:
-                keep = cfg.grid_images - (0 if inputs is None else len(inputs))
-                inputs = images[:keep] if inputs is None else np.concatenate(
-                    [inputs, images[:keep]])
+            if show.any():
+                inputs.append(images[show])
             if clf is not None:
                 real_decisions.append(clf.predict(x).numpy()[:, columns])
                 real_truth.append(labels > 0.5)
@@ -318,11 +320,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                 if want_fid:
                     tally.real.add(real_feats[tally.target.carried(labels)])
                     tally.fake.add(inception.features(fake))
-                have = 0 if tally.samples is None else len(tally.samples)
-                if have < cfg.grid_images:
-                    new = _to_uint8(fake[:cfg.grid_images - have])
-                    tally.samples = new if tally.samples is None else np.concatenate(
-                        [tally.samples, new])
+                if show.any():
+                    tally.samples.append(_to_uint8(fake[torch.from_numpy(show).to(device)]))
                 task.advance(len(labels))
 
     truth_all = np.concatenate(real_labels)
@@ -366,7 +365,9 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
             "real": None if ceiling["overall"] is None else 1.0 - ceiling["overall"],
             "paper": dict(PAPER_RAFD_ERROR) if space.format == "rafd" else None,
         }
-    section["_grid"] = (inputs, [(t.target.name, t.samples) for t in tallies])
+    section["_grid"] = (np.concatenate(inputs) if inputs else None,
+                        [(t.target.name, np.concatenate(t.samples)) for t in tallies
+                         if t.samples])
     return section
 
 

@@ -98,12 +98,18 @@ class OracleG(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         out = torch.full_like(x, -1.0)
-        for i in range(len(c)):
-            s = int(c[i, self.layout.mask_offset:].argmax()) if self.layout.use_mask else 0
-            block = self.layout.blocks[s]
-            for k in range(block.space.width):
-                if c[i, block.offset + k] > 0.5:
-                    out[i, :, 4 * k:4 * k + 4, 4:SIZE - 4] = 1.0
+        bands = torch.zeros(8, SIZE, SIZE)
+        for k in range(8):
+            bands[k, 4 * k:4 * k + 4, 4:SIZE - 4] = 1.0
+        if self.layout.use_mask:
+            which = c[:, self.layout.mask_offset:].argmax(1)
+        else:
+            which = torch.zeros(len(c), dtype=torch.long)
+        for s, block in enumerate(self.layout.blocks):
+            rows = which == s
+            on = (c[rows, block.offset:block.stop] > 0.5).float()
+            drawn = torch.einsum("nk,khw->nhw", on, bands[:block.space.width]).clamp(0, 1)
+            out[rows] = (2 * drawn - 1)[:, None].expand(-1, 3, -1, -1)
         return out
 
 

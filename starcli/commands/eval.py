@@ -150,10 +150,17 @@ def _print_report(report: dict[str, Any]) -> None:
                       _num(m["reconstruction_l1"]), _num(m["fid"], 2), end_section=True)
     console.print(table)
     s = report["summary"]
-    console.print(f"success {_pct(s['success'])} (faces that did not carry the target before), "
-                  f"accuracy {_pct(s['accuracy'])}, classifier on real images "
-                  f"{_pct(s['ceiling'])}, reconstruction L1 {_num(s['reconstruction_l1'])}"
-                  + (f", FID {_num(s['fid'], 2)}" if s.get("fid") is not None else ""))
+    parts = []
+    if s.get("success") is not None:
+        parts += [f"success {_pct(s['success'])} (faces that did not carry the target before)",
+                  f"accuracy {_pct(s['accuracy'])}",
+                  f"classifier on real images {_pct(s['ceiling'])}"]
+    if s.get("reconstruction_l1") is not None:
+        parts.append(f"reconstruction L1 {_num(s['reconstruction_l1'])}")
+    if s.get("fid") is not None:
+        parts.append(f"FID {_num(s['fid'], 2)}")
+    if parts:
+        console.print("Mean over targets: " + ", ".join(parts))
     for sec in report["datasets"]:
         err = sec.get("classification_error")
         if err:
