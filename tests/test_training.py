@@ -442,11 +442,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(celeba_home, tmp_path):
     run = tmp_path / "run"
     proc = _python({"cfg": dict(datasets=["demo-celeba"], home=str(celeba_home), device="cpu",
                                 precision="fp32", iters=100_000, save_every=0, sample_every=0,
-                                log_every=1000, run_dir=str(run))})
+                                log_every=1, run_dir=str(run))})
+    metrics = run / "metrics.jsonl"
     deadline = time.time() + 60
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.1)  # wait until at least one step is done
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
