@@ -34,6 +34,7 @@ from starcli import __version__
 from starcli.data.labels import LabelLayout
 from starcli.errors import CheckpointError
 from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.utils import fsync_path
 
 __all__ = ["FORMAT", "VERSION", "LoadedCheckpoint", "resolve_checkpoint", "load_checkpoint",
            "save_checkpoint", "load_training_state", "list_checkpoints", "clean_state_dict",
@@ -119,7 +120,7 @@ def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: 
                                                 if k not in ("format", "version", "step")}}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_path(f)
         if final.exists():  # saving the same step again (e.g. interrupted right after a save)
             old = root / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
@@ -127,7 +128,7 @@ def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: 
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -135,17 +136,6 @@ def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: 
     return final
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _prune(root: Path, keep_last: int, keep: Path) -> None:

@@ -34,3 +34,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def fsync_path(path: Path, *, strict: bool = False) -> None:
+    """fsync a file or a folder (a folder, so a rename inside it survives a power cut).
+    Best effort unless `strict`: some file systems refuse to open or sync folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if strict:
+            raise
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if strict:
+            raise
+    finally:
+        os.close(fd)

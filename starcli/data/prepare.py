@@ -51,7 +51,7 @@ from starcli.errors import (
 )
 from starcli.paths import prepared_dir, raw_dir
 from starcli.progress import Progress, log, progress_task
-from starcli.utils import atomic_write_json
+from starcli.utils import atomic_write_json, fsync_path
 
 SCHEMA = 1
 # Bump when decoding/resizing changes pixels: it is part of every shard's plan hash, so old
@@ -813,25 +813,6 @@ def _jobs(plan: _Plan, size: int, rows_per_shard: int, compression: str | None) 
     return jobs
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pause() -> None:
@@ -911,9 +892,9 @@ def _write_shard(out: Path, job: _Job, rows: _Split, results: Iterator[tuple], *
                         "plan_sha256": job.plan_sha256})
     timing.write += time.process_time() - t0
     t0 = time.perf_counter()
-    _fsync_file(tmp)
+    fsync_path(tmp, strict=True)
     os.replace(tmp, final)
-    _fsync_dir(out)
+    fsync_path(out)
     timing.fsync += time.perf_counter() - t0
     return {"plan_sha256": job.plan_sha256, "count": pos, "content_sha256": content,
             "skipped": skipped}
@@ -940,7 +921,7 @@ def _set_label_table(path: Path, table_json: str) -> bool:
                 return False
         with h5py.File(path, "r+", locking=False) as f:
             f.attrs["label_table"] = table_json
-        _fsync_file(path)
+        fsync_path(path, strict=True)
     except OSError as exc:
         raise StarcliError(f"Cannot update the label table of {path} ({exc}); close programs "
                            "reading it, or re-run with --force.") from exc
@@ -1072,7 +1053,7 @@ def _prepare_locked(cfg: PrepareConfig, plan: _Plan, out: Path, progress: Progre
 
     manifest = _manifest(cfg, plan, out, jobs, records, started, built_images, build_seconds)
     atomic_write_json(manifest_path, manifest)
-    _fsync_dir(out)
+    fsync_path(out)
 
     skipped = manifest["skipped"]
     reasons = Counter(s["reason"] for s in skipped)
