@@ -263,11 +263,20 @@ def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
 
 
 def _normalise_into(images_uint8: np.ndarray, out: np.ndarray) -> None:
-    # numpy, not torch: torch's multi-threaded copy stalls badly when the cores are busy
-    # (measured 60 ms vs 1.7 ms per 16x128px batch on a loaded 2-core machine).
-    np.copyto(out, images_uint8.transpose(0, 3, 1, 2))
-    out /= np.float32(127.5)
-    out -= np.float32(1.0)
+    # One fused transpose+convert copy, then in-place scaling, on a single thread: torch's
+    # multi-threaded copy stalls badly when the cores are busy (measured 60 ms vs 1.7 ms per
+    # 16x128px batch on a loaded 2-core machine), and one thread is faster than numpy's
+    # three passes (0.57 vs 0.81 ms per batch).
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        dst = torch.from_numpy(out)
+        dst.copy_(torch.from_numpy(images_uint8).permute(0, 3, 1, 2))
+        dst.mul_(1.0 / 127.5).sub_(1.0)
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
 
 
 class _ShardReader:
