@@ -43,7 +43,8 @@ DEFAULT_JOINT_DATASETS = ("celeba", "rafd")
 # Fields a resumed run may change: they do not alter the model, the data or the optimiser maths
 # (changing `iters` extends or shortens the run and moves the decay window with it).
 RESUME_OVERRIDABLE = ("iters", "device", "workers", "compile", "channels_last", "precision",
-                      "sample_every", "save_every", "log_every", "keep_last", "home", "resume")
+                      "sample_every", "save_every", "log_every", "keep_last", "home", "resume",
+                      "dist_timeout")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
@@ -90,6 +91,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     adam_impl: str = "auto"  # auto (fused where available, else foreach) | foreach | fused |
     #                          for-loop
+    # Several processes (torchrun): `batch_size` is the global batch, split evenly over ranks.
+    dist_timeout: int = 600  # seconds a rank waits for the others before the job fails
 
     # Run bookkeeping
     seed: int = 0
@@ -136,6 +139,7 @@ class TrainConfig:
                     "d_conv_dim", "d_repeat_num", "keep_last", "log_every")
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
+        _check_int("dist_timeout", self.dist_timeout, minimum=1)
         for name in ("lr_decay_iters", "g_repeat_num", "workers", "sample_every", "save_every",
                      "seed"):
             _check_int(name, getattr(self, name), minimum=0)

@@ -18,15 +18,19 @@ graph for fakes that only D sees, real and fake images in one D pass, no D weigh
 the G step, fused Adam and a loader that prefetches. On CPU in fp32 a run resumed from a
 checkpoint is bit-identical to an uninterrupted one.
 
-Everything the run writes (config, environment, metrics, TensorBoard, sample grids,
-checkpoints) goes through `_RunIO`, the one place that will be restricted to rank 0 when
-training is distributed; the models are wrapped (compile, later DDP) only in `_wrap_models`.
+Several processes (`torchrun --nproc_per_node N -m starcli train …`, or `launch_local`):
+`train` joins the process group torchrun describes in its environment (NCCL on CUDA, gloo on
+CPU, with `dist_timeout`), wraps G and D in DistributedDataParallel, gives each rank a disjoint
+share of every epoch and `batch_size / world_size` rows per step, averages the logged losses
+over ranks, and lets only rank 0 write files (`_RunIO`). Checkpoints hold the unwrapped
+weights plus every rank's RNG state, so they resume under DDP and load in one process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import hashlib
 import json
 import logging
@@ -69,7 +73,7 @@ from starcli.data.dataset import (
 )
 from starcli.data.labels import LabelLayout
 from starcli.data.registry import load_registry
-from starcli.errors import CheckpointError, ConfigError, TrainingError
+from starcli.errors import CheckpointError, ConfigError, StarcliError, TrainingError
 from starcli.models.losses import (
     classification_loss,
     d_adversarial_loss,
@@ -82,7 +86,8 @@ from starcli.paths import prepared_root, resolve_home
 from starcli.progress import Progress, log, progress_task
 
 __all__ = ["train", "describe_run", "resume_config", "resolve_device", "resolve_precision",
-           "cpu_has_bf16", "RunPlan"]
+           "cpu_has_bf16", "RunPlan", "dist_env", "check_launch", "launch_command",
+           "launch_local"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +144,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as torchrun sets them; (0, 1, 0) in a plain process."""
+    try:
+        return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start several "
+                          "processes with torchrun or `starcli train --gpus N`.") from None
+
+
 @dataclass(frozen=True)
 class _Runtime:
     device: torch.device
@@ -146,6 +161,11 @@ class _Runtime:
     channels_last: bool
     rank: int = 0
     world_size: int = 1
+    batch: int = 0  # rows per rank and step (the global batch / world_size)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -162,12 +182,31 @@ class _Runtime:
 
 
 def _runtime(cfg: TrainConfig) -> _Runtime:
-    device = resolve_device(cfg.device)
+    rank, world, local_rank = dist_env()
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK {rank} is outside WORLD_SIZE {world}; start several processes "
+                          "with torchrun or `starcli train --gpus N`.")
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must split "
+                          f"evenly over {world} processes; use a multiple of {world}.")
+    if world > 1:
+        if cfg.device.startswith("cuda:") or cfg.device == "mps":
+            raise ConfigError(f"--device {cfg.device} cannot be shared by {world} processes; "
+                              "use --device cuda (each rank takes cuda:LOCAL_RANK) or cpu.")
+        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if want_cuda:
+            device = resolve_device(f"cuda:{local_rank}") if torch.cuda.is_available() \
+                else resolve_device("cuda")
+        else:
+            device = torch.device("cpu")
+    else:
+        device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     # Measured on this project's CPU: channels_last is 5-15% slower there (oneDNN picks its
     # own blocked layout), while on CUDA tensor cores want NHWC.
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    return _Runtime(device=device, precision=precision, channels_last=channels_last)
+    return _Runtime(device=device, precision=precision, channels_last=channels_last,
+                    rank=rank, world_size=world, batch=cfg.batch_size // world)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +232,7 @@ class RunPlan:
             "device": str(self.runtime.device),
             "precision": self.runtime.precision,
             "channels_last": self.runtime.channels_last,
+            "world_size": self.runtime.world_size,
             "model": self.model.to_dict(),
             "parameters": {"G": g_params, "D": d_params},
             "labels": {"c_dim": self.layout.c_dim, "cls_dim": self.layout.cls_dim,
@@ -297,18 +337,36 @@ def _adam(params, lr: float, cfg: TrainConfig, device: torch.device) -> torch.op
 
 
 def _wrap_models(G: nn.Module, D: nn.Module, cfg: TrainConfig, rt: _Runtime,
-                 warn: Callable[[str], None]) -> tuple[nn.Module, nn.Module, bool]:
-    """Models as the training step calls them: compiled when asked and possible.
+                 warn: Callable[[str], None]
+                 ) -> tuple[nn.Module, nn.Module, nn.Module, bool]:
+    """Models as the training step calls them: (G, D for the D step, D for the G step,
+    compiled).
 
-    The gradient penalty and the sample grids always use the eager modules: compiled graphs
-    do not support double backward, and sampling shapes would trigger recompiles. DDP
-    wrapping belongs here too (rank/world_size come from `rt`).
+    With several processes G and D are wrapped in DistributedDataParallel, which broadcasts
+    rank 0's weights now and averages gradients in every backward that follows a forward
+    through the wrapper. The G step therefore calls the *unwrapped* D: its parameters are
+    frozen there, and a DDP forward whose parameters get no gradient would leave its
+    reduction unfinished. The gradient penalty also uses the unwrapped D (double backward
+    through DDP's reducer is not supported); its parameter gradients are summed by autograd
+    into the same accumulation as the DDP pass of that D step, so DDP still averages the
+    complete gradient. Compiled graphs support no double backward either, and sampling
+    shapes would trigger recompiles, so those use the eager modules too.
     """
+    G_w: nn.Module = G
+    D_w: nn.Module = D
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        # InstanceNorm keeps no running stats: there are no buffers to keep in sync.
+        G_w = DDP(G, device_ids=ids)
+        D_w = DDP(D, device_ids=ids)
+    D_for_g = D if rt.distributed else D_w
     if not cfg.compile:
-        return G, D, False
+        return G_w, D_w, D_for_g, False
     try:
-        G_c = torch.compile(G)
-        D_c = torch.compile(D)
+        G_c = torch.compile(G_w)
+        D_c = torch.compile(D_w)
         # Compilation is lazy: try a forward/backward now so a missing compiler shows up as a
         # warning here rather than as a crash in the middle of a step.
         n, s = 2, cfg.image_size
@@ -322,11 +380,11 @@ def _wrap_models(G: nn.Module, D: nn.Module, cfg: TrainConfig, rt: _Runtime,
     except Exception as exc:  # noqa: BLE001 - any compiler failure means "run eager"
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         warn(f"--compile failed ({first}); training continues without torch.compile.")
-        return G, D, False
+        return G_w, D_w, D_for_g, False
     finally:
         for p in list(G.parameters()) + list(D.parameters()):
             p.grad = None
-    return G_c, D_c, True
+    return G_c, D_c, D if rt.distributed else D_c, True
 
 
 @contextlib.contextmanager
@@ -361,6 +419,7 @@ class _Step:
     G: nn.Module  # possibly compiled/wrapped
     D: nn.Module
     D_eager: nn.Module  # for the gradient penalty (double backward)
+    D_g: nn.Module  # D as the G step calls it (frozen; unwrapped under DDP)
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     gen: torch.Generator  # target-label shuffles
@@ -425,7 +484,7 @@ class _Step:
             for group in self.opt_g.param_groups:
                 group["lr"] = cfg.lr_at(step, cfg.g_lr)
             with _frozen(self.D_eager), rt.autocast():
-                src_fake, cls_fake = self.D(fake_g)
+                src_fake, cls_fake = self.D_g(fake_g)
                 cls_fake = cls_fake[:, cls_slice]
                 g_adv = g_adversarial_loss(src_fake, cfg.adv_loss)
                 g_cls = classification_loss(cls_fake, label_trg, kind)
@@ -462,6 +521,7 @@ class _Meter:
     """Per-step loss tensors kept on the device until a sync point, then averaged."""
 
     names: tuple[str, ...]  # dataset name per space index
+    world_size: int = 1  # >1: values are averaged over ranks (a collective: all ranks sync)
     pending: list[tuple[int, int, dict[str, torch.Tensor]]] = field(default_factory=list)
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -473,8 +533,12 @@ class _Meter:
         """Move pending values to the host (one transfer); TrainingError on a non-finite loss."""
         if not self.pending:
             return
-        flat = [v.float() for _, _, vals in self.pending for v in vals.values()]
-        numbers = torch.stack(flat).tolist()
+        flat = torch.stack([v.float() for _, _, vals in self.pending for v in vals.values()])
+        if self.world_size > 1:
+            # Every rank logs the global mean, and a NaN on any rank stops all of them.
+            torch.distributed.all_reduce(flat)
+            flat = flat / self.world_size
+        numbers = flat.tolist()
         i = 0
         pending, self.pending = self.pending, []
         for step, space, vals in pending:
@@ -753,7 +817,7 @@ def _environment(cfg: TrainConfig, rt: _Runtime) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "device": str(rt.device),
         "precision": rt.precision, "channels_last": rt.channels_last, "seed": cfg.seed,
-        "argv": sys.argv, "git": _git_hash(),
+        "argv": sys.argv, "git": _git_hash(), "world_size": rt.world_size,
     }
     if rt.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(rt.device)
@@ -806,6 +870,17 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.de
     gen.set_state(state["targets"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank_rng(state: dict[str, Any], rt: _Runtime,
+              warn: Callable[[str], None]) -> dict[str, Any]:
+    """This rank's saved RNG state (every rank saved its own)."""
+    saved = state.get("rng_ranks") or [state["rng"]]
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != rt.world_size:
+        warn(f"the checkpoint was written by {saved_world} process(es) and this run has "
+             f"{rt.world_size}; training continues, but not bit-identically to the original.")
+    return saved[rt.rank % len(saved)]
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
@@ -872,12 +947,26 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None,
     DatasetNotFoundError when a dataset is not prepared, TrainingError on a non-finite loss
     (the last good checkpoint stays), CheckpointError for an unusable --resume.
     """
-    def warn(message: str) -> None:
-        logger.warning(message)
-        log(progress, f"Warning: {message}")
-
     # ---- Everything that can be wrong with the request, before any work.
     plan = describe_run(cfg)
+    rt = plan.runtime
+    if not rt.is_main:  # one progress display and one set of callbacks: rank 0's
+        progress, on_log = None, None
+
+    def warn(message: str) -> None:
+        if rt.is_main:
+            logger.warning(message)
+            log(progress, f"Warning: {message}")
+        else:
+            logger.debug("rank %d: %s", rt.rank, message)
+
+    with _process_group(cfg, rt):
+        return _train(cfg, plan, progress, on_log, stop_event, warn)
+
+
+def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
+           on_log: Callable[[dict[str, Any]], None] | None,
+           stop_event: threading.Event | None, warn: Callable[[str], None]) -> dict[str, Any]:
     rt, datasets, layout, model_cfg = plan.runtime, plan.datasets, plan.layout, plan.model
     resume_dir: Path | None = None
     meta_in: dict[str, Any] | None = None
@@ -888,7 +977,7 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None,
         run_dir = resume_dir.parent.parent.resolve()
     else:
         run_dir = None  # created once the data stream is open
-    stream = TrainStream(datasets, layout, batch_size=cfg.batch_size, augment=cfg.augment,
+    stream = TrainStream(datasets, layout, batch_size=rt.batch, augment=cfg.augment,
                          workers=cfg.workers, seed=cfg.seed, mix=cfg.mix,
                          rank=rt.rank, world_size=rt.world_size)
     try:
@@ -896,6 +985,103 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None,
                     stop_event, warn)
     finally:
         stream.close()
+
+
+@contextlib.contextmanager
+def _process_group(cfg: TrainConfig, rt: _Runtime) -> Iterator[None]:
+    """Join torchrun's process group for the run (unless the caller already did) and leave it
+    afterwards, also on errors, so a failing rank closes its connections and the others fail
+    fast instead of waiting for `dist_timeout`."""
+    if not rt.distributed:
+        yield
+        return
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:
+        if rt.device.type == "cuda":
+            torch.cuda.set_device(rt.device)
+        backend = "nccl" if rt.device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend, timeout=_dt.timedelta(seconds=cfg.dist_timeout))
+        except (RuntimeError, ValueError) as exc:
+            raise TrainingError(
+                f"rank {rt.rank}: could not join the {rt.world_size} training processes "
+                f"({_first_line(exc)}); start them with torchrun (check --rdzv-endpoint or "
+                "MASTER_ADDR/MASTER_PORT) or raise --dist-timeout.") from None
+    elif dist.get_world_size() != rt.world_size:
+        raise ConfigError(f"the process group has {dist.get_world_size()} ranks but WORLD_SIZE "
+                          f"is {rt.world_size}.")
+    ok = False
+    try:
+        yield
+        ok = True
+    except RuntimeError as exc:
+        if isinstance(exc, StarcliError) or not _is_comm_failure(exc):
+            raise
+        raise TrainingError(
+            f"rank {rt.rank}: lost contact with the other training processes "
+            f"({_first_line(exc)[:200]}); another rank probably failed first (see its error), "
+            f"or one was slower than --dist-timeout {cfg.dist_timeout}s.") from None
+    finally:
+        # Free the DDP wrappers (their reducers hold the group) before the group goes, and
+        # after a clean run let every rank arrive first, so no rank tears its connections
+        # down while another still uses them (seen as "terminate called" aborts at exit).
+        gc.collect()
+        if owned and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                if ok:
+                    dist.barrier()
+                dist.destroy_process_group()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_comm_failure(exc: RuntimeError) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if dist_error and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return any(w in text for w in ("Gloo", "gloo", "NCCL", "nccl", "Connection", "connection",
+                                   "timed out", "Timed out", "peer"))
+
+
+def _agree(flag: bool, rt: _Runtime) -> bool:
+    """True on every rank when `flag` is true on any (a collective under DDP)."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=rt.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _shared_run_dir(cfg: TrainConfig, rt: _Runtime) -> Path:
+    """Rank 0 creates the run dir and tells the others (or all raise its error)."""
+    if not rt.distributed:
+        return _new_run_dir(cfg)
+    box: list[Any] = [None, None]
+    if rt.is_main:
+        try:
+            box[0] = str(_new_run_dir(cfg))
+        except ConfigError as exc:
+            box[1] = str(exc)
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise ConfigError(box[1])
+    return Path(box[0])
+
+
+def _gather_rng(gen: torch.Generator, rt: _Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (complete on rank 0; a collective under DDP)."""
+    mine = _rng_state(gen, rt.device)
+    if not rt.distributed:
+        return [mine]
+    out: list[Any] | None = [None] * rt.world_size if rt.is_main else None
+    torch.distributed.gather_object(mine, out, dst=0)
+    return out if out is not None else [mine]
 
 
 def _check_resumable(meta: dict[str, Any], ckpt: Path, model_cfg: ModelConfig,
@@ -932,12 +1118,16 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     torch.manual_seed(cfg.seed)
     G = Generator(model_cfg).to(device)
     D = Discriminator(model_cfg).to(device)
+    if rt.distributed:
+        # Same initial weights everywhere (DDP broadcasts rank 0's anyway), but each rank
+        # draws its own penalty mixing weights and target shuffles.
+        torch.manual_seed(cfg.seed + rt.rank)
     if rt.channels_last:
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
     opt_g = _adam(G.parameters(), cfg.g_lr, cfg, device)
     opt_d = _adam(D.parameters(), cfg.d_lr, cfg, device)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
     scaler_g = scaler_d = None
     if rt.precision == "fp16":
         scaler_g, scaler_d = torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")
@@ -957,7 +1147,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                 scaler_d.load_state_dict(state["scaler_d"])
             start = int(state["step"])
             d_steps[:] = [int(n) for n in state["d_steps"]]
-            rng = state["rng"]
+            rng = _rank_rng(state, rt, warn)
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{resume_dir / 'state.pt'} does not fit this run ({exc}); "
                                   "resume from another checkpoint.") from None
@@ -965,15 +1155,16 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
             warn(f"the checkpoint is at step {start}, which reaches --iters {cfg.iters}; "
                  "nothing to train (pass a larger --iters to continue).")
     if run_dir is None:
-        run_dir = _new_run_dir(cfg)
+        run_dir = _shared_run_dir(cfg, rt)
 
-    G_t, D_t, compiled = _wrap_models(G, D, cfg, rt, warn)
-    step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G_t, D=D_t, D_eager=D, opt_g=opt_g,
+    G_t, D_t, D_g, compiled = _wrap_models(G, D, cfg, rt, warn)
+    step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G_t, D=D_t, D_eager=D, D_g=D_g, opt_g=opt_g,
                     opt_d=opt_d, gen=gen, scaler_g=scaler_g, scaler_d=scaler_d,
                     d_steps=d_steps)
     sampler = _Sampler(datasets, layout, device) if rt.is_main else None
     io = _RunIO(run_dir, rt.is_main, warn)
-    io.start(cfg, _environment(cfg, rt), start, sampler.columns if sampler else [])
+    env = _environment(cfg, rt) if rt.is_main else {}
+    io.start(cfg, env, start, sampler.columns if sampler else [])
     if resume_dir is not None:
         _set_rng_state(rng, gen, device)  # last: nothing above may consume randomness after it
 
@@ -986,8 +1177,11 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     }
 
     def save(step: int) -> Path | None:
+        # Called at the same steps on every rank: gathering the RNG states is a collective.
+        rngs = _gather_rng(gen, rt)
         state = {"step": step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                 "rng": _rng_state(gen, device), "stream": stream.state_dict(),
+                 "rng": rngs[0], "rng_ranks": rngs, "world_size": rt.world_size,
+                 "stream": stream.state_dict(),
                  "d_steps": list(d_steps),
                  "lr": {"g": cfg.lr_at(step, cfg.g_lr), "d": cfg.lr_at(step, cfg.d_lr)},
                  "scaler_g": scaler_g.state_dict() if scaler_g else None,
@@ -995,7 +1189,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
         return io.checkpoint(step, G, D, meta, state, cfg.keep_last)
 
     names = tuple(d.name for d in datasets)
-    meter = _Meter(names=names)
+    meter = _Meter(names=names, world_size=rt.world_size)
     sync_every = 1 if device.type == "cpu" else 10  # a host sync costs nothing on a CPU
     stop = stop_event or threading.Event()
     last_ckpt = resume_dir if resume_dir is not None else None
@@ -1015,7 +1209,10 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                               unit="it") as task:
             task.update(completed=start)
             while step < cfg.iters:
-                if stop.is_set():
+                # Under DDP all ranks must stop at the same step (a signal reaches them at
+                # different times), so they agree every sync_every steps.
+                check = not rt.distributed or step % sync_every == 0
+                if check and _agree(stop.is_set(), rt):
                     interrupted = True
                     break
                 step += 1
@@ -1048,8 +1245,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                     record = {"step": step, **meter.means(),
                               "lr_g": cfg.lr_at(step, cfg.g_lr),
                               "lr_d": cfg.lr_at(step, cfg.d_lr),
-                              "images_per_s": steps_window * cfg.batch_size * rt.world_size
-                              / elapsed,
+                              "images_per_s": steps_window * cfg.batch_size / elapsed,
                               "data_wait_fraction": min(1.0, wait_window / elapsed),
                               "seconds": now - t_start}
                     t_window, wait_window, steps_window = now, 0.0, 0
@@ -1063,7 +1259,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                 if do_save:
                     last_ckpt = save(step) or last_ckpt
                     last_saved_step = step
-            if stop.is_set() and step < cfg.iters:
+            if step < cfg.iters and _agree(stop.is_set(), rt):
                 interrupted = True
             if interrupted and last_saved_step != step and step > start:
                 meter.sync()
@@ -1086,10 +1282,11 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
         "step": step, "iters": cfg.iters, "interrupted": interrupted,
         "resumed_from": start if resume_dir is not None else None,
         "seconds": seconds,
-        "images_per_s": trained * cfg.batch_size * rt.world_size / seconds if seconds else 0.0,
+        "images_per_s": trained * cfg.batch_size / seconds if seconds else 0.0,
         "data_wait_fraction": total_wait / seconds if seconds else 0.0,
         "device": str(device), "precision": rt.precision, "channels_last": rt.channels_last,
         "compiled": compiled, "metrics": last_record,
+        "rank": rt.rank, "world_size": rt.world_size,
         "samples": str(last_sample) if last_sample else None,
         "resume_command": f"starcli train --resume {run_dir}",
     }
@@ -1103,3 +1300,55 @@ def _log_line(record: dict[str, Any], iters: int) -> str:
             parts.append(f"{key} {record[key]:.3f}")
     parts.append(f"{record['images_per_s']:.1f} img/s")
     return "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching several processes on this machine (`starcli train --gpus N`)
+
+
+def launch_command(nproc: int, train_args: list[str]) -> list[str]:
+    """The torchrun command line that runs `starcli train <train_args>` in `nproc` processes
+    on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(nproc), "-m", "starcli", "train", *train_args]
+
+
+def check_launch(nproc: int, cfg: TrainConfig) -> None:
+    """ConfigError unless `cfg` can run in `nproc` local processes: the global --batch-size
+    must split evenly, and unless --device cpu (gloo processes, for testing) this machine
+    needs `nproc` CUDA devices."""
+    if nproc < 1:
+        raise ConfigError(f"--gpus must be at least 1, got {nproc}.")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        raise ConfigError("--gpus cannot be used inside torchrun (this process is already one "
+                          "rank); drop --gpus.")
+    if cfg.batch_size % nproc:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must split "
+                          f"evenly over --gpus {nproc}; use a multiple of {nproc}.")
+    if cfg.device != "cpu":
+        if cfg.device.startswith("cuda:") or cfg.device == "mps":
+            raise ConfigError(f"--gpus {nproc} uses cuda:0..{nproc - 1}; drop --device "
+                              f"{cfg.device} (or pass --device cuda).")
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found < nproc:
+            hint = (f"use --gpus {found}" if found else
+                    "add --device cpu to run the processes on the CPU (gloo), e.g. for testing")
+            raise ConfigError(f"--gpus {nproc}: this machine has {found} CUDA device(s); "
+                              f"{hint}.")
+
+
+def launch_local(nproc: int, cfg: TrainConfig, train_args: list[str]) -> int:
+    """Run `starcli train <train_args>` in `nproc` processes through torch.distributed.run and
+    return its exit code (non-zero when any rank failed). `cfg` is the resolved config,
+    checked first (`check_launch`) so that nothing starts for a request that cannot work."""
+    check_launch(nproc, cfg)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    proc = subprocess.Popen(launch_command(nproc, train_args), env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # The ranks got the Ctrl-C too and are saving a checkpoint: wait for them (a
+            # second Ctrl-C reaches them as well and aborts without saving).
+            continue

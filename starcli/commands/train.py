@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -37,8 +38,34 @@ def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
                                  param_hint=flag)
 
 
+def _forwarded_args(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
+    """The options the user gave (not defaults), as command-line words, minus `drop`."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if name in drop or name not in ctx.params or param.param_type_name != "option":
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":  # Typer may vendor its own click
+            continue
+        value = ctx.params[name]
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            if value:
+                words.append(flag)
+            elif param.secondary_opts:
+                words.append(max(param.secondary_opts, key=len))
+        elif param.multiple:
+            for item in value or ():
+                words += [flag, str(item)]
+        elif value is not None:
+            words += [flag, str(value)]
+    return words
+
+
 @cli_errors
 def train(
+    ctx: typer.Context,
     dataset: Annotated[list[str] | None, typer.Option(
         "--dataset", "-d", help="Prepared dataset to train on (repeat or comma-separate; "
                                 "several need --joint).", show_default=False)] = None,
@@ -125,6 +152,15 @@ def train(
         show_default=False)] = None,
     keep: Annotated[int | None, typer.Option(
         "--keep", min=1, help="Checkpoints to keep.", show_default=False)] = None,
+    gpus: Annotated[int | None, typer.Option(
+        "--gpus", min=1, help="Train in N processes on this machine, one per GPU (DDP via "
+                              "torchrun); --batch-size is then the global batch. With "
+                              "--device cpu the processes share the CPU (for testing).",
+        show_default=False)] = None,
+    dist_timeout: Annotated[int | None, typer.Option(
+        "--dist-timeout", min=1, help="Seconds a process waits for the others before the job "
+                                      "fails (several processes only). [default: 600]",
+        show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the resolved configuration and exit.")] = False,
     home: HomeOpt = None,
@@ -143,6 +179,10 @@ def train(
       starcli train --joint --datasets celeba,rafd --preset paper --device cuda
 
       starcli train --resume latest
+
+      starcli train --dataset celeba --gpus 4 --batch-size 64
+
+      torchrun --nproc_per_node 4 -m starcli train --dataset celeba --batch-size 64
     """
     _choice(preset, _PRESETS, "--preset")
     _choice(adv_loss, ("wgan-gp", "lsgan", "vanilla", "hinge"), "--adv-loss")
@@ -159,21 +199,30 @@ def train(
         precision=precision, channels_last=channels_last, compile=compile_, device=device,
         workers=workers, seed=seed, run_dir=run_dir, sample_every=sample_every,
         save_every=save_every, log_every=log_every, keep_last=keep,
-        home=str(home) if home is not None else None,
+        home=str(home) if home is not None else None, dist_timeout=dist_timeout,
     )
     from starcli.config import TrainConfig
-    from starcli.training import describe_run, resume_config
+    from starcli.training import check_launch, describe_run, launch_local, resume_config
     from starcli.training import train as run_train
 
     if resume is not None:
         cfg = resume_config(resume, preset=preset, **overrides)
     else:
         cfg = TrainConfig.from_preset(preset or "paper", **overrides)
-    if cfg.batch_size < 8:
+    if gpus is not None and gpus > 1 and not dry_run:
+        code = launch_local(gpus, cfg, _forwarded_args(ctx, drop=("gpus",)))
+        if code:
+            console.print(f"[bold red]Error:[/] training in {gpus} processes failed (exit "
+                          f"{code}); the failing rank's error is above.", soft_wrap=True)
+        raise typer.Exit(code)
+    is_main = int(os.environ.get("RANK", "0") or 0) == 0
+    if cfg.batch_size < 8 and is_main:
         console.print(f"[yellow]Warning:[/] --batch-size {cfg.batch_size} is below 8; the paper "
                       "used 16 and the critic's estimates get noisy with tiny batches.")
 
     if dry_run:
+        if gpus is not None and gpus > 1:
+            check_launch(gpus, cfg)
         if not json_out:
             console.print_json(cfg.to_json())
         plan = describe_run(cfg)
@@ -187,6 +236,9 @@ def train(
             console.print("[green]✓[/] configuration is valid (dry run: nothing trained)")
         return
 
+    if not is_main:  # ranks of a torchrun job: rank 0 shows progress and the summary
+        run_train(cfg)
+        return
     with RichProgress() as progress:
         result = run_train(cfg, progress=progress)
 

@@ -48,7 +48,7 @@ def test_help_has_an_example():
     result = runner.invoke(app, ["train", "--help"])
     assert result.exit_code == 0
     assert "starcli train --dataset demo-celeba" in result.stdout
-    assert "--resume" in result.stdout and "--gpus" not in result.stdout
+    assert "--resume" in result.stdout and "--gpus" in result.stdout
 
 
 def test_options_reach_the_engine(prepared, monkeypatch):
