@@ -96,6 +96,20 @@ def split_csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def split_numbers(value: str | None, flag: str, kind: type = int) -> tuple | None:
+    """'45,90' → (45, 90) with `kind` int or float; a bad item is a usage error naming
+    `flag` (exit 2); None stays None."""
+    parts = split_csv(value)
+    if parts is None:
+        return None
+    try:
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise typer.BadParameter(f"expected comma-separated {noun}, got '{value}'",
+                                 param_hint=flag) from None
+
+
 class RichProgress:
     """starcli.progress.Progress drawn with rich on stderr (transient bars, log lines kept)."""
 

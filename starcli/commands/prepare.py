@@ -15,18 +15,8 @@ from starcli.commands._common import (
     console,
     emit_json,
     split_csv,
+    split_numbers,
 )
-
-
-def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
-    parts = split_csv(value)
-    if parts is None:
-        return None
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got '{value}'",
-                                 param_hint=flag) from None
 
 
 @cli_errors
@@ -99,8 +89,8 @@ def prepare(
     from starcli.paths import resolve_home
     cfg = PrepareConfig(
         home=resolve_home(home), dataset=name, size=size, crop=crop,
-        attrs=split_csv(attrs), split=split, angles=_ints(angles, "--angles"),
-        gazes=split_csv(gazes), test_subjects=_ints(test_subjects, "--test-subjects"),
+        attrs=split_csv(attrs), split=split, angles=split_numbers(angles, "--angles", int),
+        gazes=split_csv(gazes), test_subjects=split_numbers(test_subjects, "--test-subjects", int),
         test_fraction=test_fraction, workers=workers,
         compression=None if compression == "none" else compression, force=force,
         source=source, labels_csv=labels.expanduser() if labels else None,

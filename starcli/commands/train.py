@@ -16,20 +16,10 @@ from starcli.commands._common import (
     console,
     emit_json,
     split_csv,
+    split_numbers,
 )
 
 _PRESETS = ("paper", "demo", "tiny")
-
-
-def _floats(value: str | None, flag: str) -> tuple[float, ...] | None:
-    parts = split_csv(value)
-    if parts is None:
-        return None
-    try:
-        return tuple(float(p) for p in parts)
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got '{value}'",
-                                 param_hint=flag) from None
 
 
 def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
@@ -191,7 +181,7 @@ def train(
     for value in list(dataset or []) + ([datasets] if datasets else []):
         names.extend(split_csv(value) or ())
     overrides = dict(
-        datasets=tuple(names) or None, joint=joint or None, mix=_floats(mix, "--mix"),
+        datasets=tuple(names) or None, joint=joint or None, mix=split_numbers(mix, "--mix", float),
         iters=iters, batch_size=batch_size, image_size=image_size, adv_loss=adv_loss,
         n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
         g_lr=g_lr, d_lr=d_lr, lr_decay_iters=lr_decay_iters, g_conv_dim=g_conv_dim,
