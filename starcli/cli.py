@@ -53,12 +53,7 @@ def _root(
 
 def _register() -> None:
     for module_name, attr, kind in _COMMANDS:
-        try:
-            module = importlib.import_module(f"starcli.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"starcli.commands.{module_name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f"starcli.commands.{module_name}")
         obj = getattr(module, attr)
         name = getattr(module, "COMMAND_NAME", module_name)
         if kind == "group":
