@@ -1,0 +1,364 @@
+"""`starcli demo`: the whole chain on the built-in synthetic faces, offline, on a CPU.
+
+    result = run_demo(DemoConfig(out=Path("demo-out")))
+    result["summary"]["success"], result["report"]["markdown"]
+
+The demo runs, in order, what a user would type by hand (each `DemoStep.command` spells it):
+
+1. ``starcli fetch demo``: draw the synthetic demo-celeba and demo-rafd sets.
+2. ``starcli prepare demo-celeba`` (hair colours, Male, Young, Smiling) and
+   ``starcli prepare demo-rafd`` at the demo preset's image size.
+3. ``starcli train --joint --datasets demo-celeba,demo-rafd --preset demo``.
+4. Export a few held-out (test split) faces of each dataset to ``<out>/faces/`` as JPEG files,
+   then ``starcli translate <out>/faces`` to several targets, ``--to Smiling`` among them.
+5. ``starcli eval``: success per target judged by a separately trained classifier, and the
+   cycle-reconstruction error, with report.md and sample grids.
+
+Data goes to the data root (`home`), everything else to `out`: ``run/`` (the training run),
+``faces/``, ``translated/`` and ``report/``. Re-running reuses the fetched and prepared data
+and the eval classifiers, and replaces the outputs of the previous demo in `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from starcli.errors import UsageError
+from starcli.paths import resolve_home
+from starcli.progress import Progress, log
+from starcli.utils import atomic_write_json
+
+__all__ = ["DemoConfig", "DemoStep", "run_demo", "DEMO_DATASETS", "CELEBA_ATTRS", "CROPS",
+           "MIX", "TRANSLATE_TARGETS"]
+
+DEMO_DATASETS = ("demo-celeba", "demo-rafd")
+CELEBA_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Male", "Young",
+                "Smiling")
+# Centre crops tighter than the registry defaults (178 and 256): at the demo's small image size
+# the face then fills the frame, so wrinkles, mouths and brows keep a few pixels each (tuned
+# together with the demo preset; see PRESETS["demo"] in starcli/config.py).
+CROPS = {"demo-celeba": 150, "demo-rafd": 200}
+# `Smiling` is a selected demo-celeba attribute, so on the joint model it means CelebA Smiling;
+# on a model without that column the registry alias would send it to RaFD `happy`.
+# Joint sampling weights (demo-celeba, demo-rafd): RaFD's expressions are small details that
+# take more batches to learn than CelebA's hair colours. Not in the preset, which must also
+# work for single-dataset runs.
+MIX = (1.0, 2.0)
+TRANSLATE_TARGETS = ("Blond_Hair", "Male=flip", "Smiling", "happy", "surprised")
+MARKER = ".starcli-demo.json"  # marks <out> as a demo folder whose outputs a rerun may replace
+OUTPUTS = ("run", "faces", "translated", "report")
+_FACE_VIEW = 128  # exported faces are enlarged (nearest neighbour) to at least this many pixels
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `run_demo` does. The defaults are the real demo; `quick()` is a smoke-test budget."""
+
+    home: Path | None = None  # data root (None: $STARCLI_HOME or ~/.cache/starcli)
+    out: Path = Path("demo-out")  # run, faces, translations and report
+    iters: int | None = None  # training iterations (None: the demo preset's)
+    count: int | None = None  # demo-celeba faces to draw (None: the registry's 4,000)
+    subjects: int | None = None  # demo-rafd subjects (None: the registry's 24)
+    eval_images: int | None = None  # test images per dataset for eval (None: all)
+    classifier_epochs: int | None = None  # eval classifier epochs (None: automatic)
+    faces: int = 6  # held-out faces per dataset exported and translated
+    seed: int = 0  # training and eval-classifier seed (the data is always drawn with seed 0)
+    workers: int | None = None  # processes for drawing and preparing (None: up to 4)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if self.home is not None:
+            object.__setattr__(self, "home", Path(self.home))
+        object.__setattr__(self, "out", Path(self.out))
+        for name in ("iters", "count", "subjects", "eval_images", "classifier_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+        if self.subjects is not None and self.subjects < 2:
+            raise UsageError(f"subjects must be at least 2 (one to train, one to test), got "
+                             f"{self.subjects}.")
+        if self.faces < 1:
+            raise UsageError(f"faces must be at least 1, got {self.faces}.")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}.")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """A reduced budget (well under a minute on 2 cores) that runs every step: few faces,
+        a few dozen iterations. It shows the chain works, not that the model learns."""
+        values: dict[str, Any] = dict(iters=30, count=300, subjects=3, eval_images=24,
+                                      classifier_epochs=1, faces=2)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def is_full(self) -> bool:
+        """True when nothing is reduced: the budget the demo's promises are about."""
+        return all(getattr(self, n) is None for n in ("iters", "count", "subjects",
+                                                      "eval_images", "classifier_epochs"))
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One step as announced to `on_step` before it runs."""
+
+    number: int
+    total: int
+    title: str
+    command: str | None  # the equivalent starcli command line; None for the face export
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, started: float) -> None:
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 2)
+
+
+def _q(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def _home_flag(cfg: DemoConfig) -> str:
+    return f" --home {_q(cfg.home)}" if cfg.home is not None else ""
+
+
+def _workers(cfg: DemoConfig) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    return max(0, min(4, os.cpu_count() or 1))
+
+
+def _claim_out(out: Path) -> None:
+    """Make `out` ours: refuse a folder with someone else's files, clear a previous demo."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the demo's outputs.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise UsageError(f"--out {out} already holds files that starcli demo did not write; "
+                         "pass a new or empty folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # only the folders a previous demo wrote
+        target = out / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+    atomic_write_json(out / MARKER, {"format": "starcli-demo", "version": 1})
+
+
+def _export_faces(home: Path, size: int, per_dataset: int, faces_dir: Path) -> list[Path]:
+    """Evenly spaced test-split faces of each demo dataset as JPEGs under faces/<dataset>/.
+
+    The prepared pixels are enlarged by an integer factor with nearest-neighbour sampling, so
+    `translate`'s area resize gives the model back (up to JPEG rounding) what eval sees."""
+    from PIL import Image
+
+    from starcli.data.dataset import iterate_split, open_prepared
+
+    written: list[Path] = []
+    scale = max(1, _FACE_VIEW // size)
+    for name in DEMO_DATASETS:
+        ds = open_prepared(home, name, size)
+        images = np.concatenate([b[0] for b in iterate_split(ds, "test", batch_size=256)])
+        rows = np.unique(np.linspace(0, len(images) - 1, min(per_dataset, len(images)))
+                         .round().astype(int))
+        folder = faces_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            img = Image.fromarray(images[row])
+            if scale > 1:
+                img = img.resize((size * scale, size * scale), Image.NEAREST)
+            path = folder / f"{name}-test-{row:04d}.jpg"
+            tmp = path.with_name(f".{path.name}.tmp")
+            img.save(tmp, format="JPEG", quality=95)
+            os.replace(tmp, path)
+            written.append(path)
+    return written
+
+
+def _resolutions(checkpoint: Path, home: Path, specs: tuple[str, ...]) -> list[dict[str, str]]:
+    """What each --to means on the trained model: 'Smiling' → 'demo-celeba:Smiling'."""
+    from starcli.checkpoint import read_meta, resolve_checkpoint
+    from starcli.data.labels import LabelLayout
+    from starcli.data.registry import load_registry
+    from starcli.targets import parse_target
+
+    layout = LabelLayout.from_dict(read_meta(resolve_checkpoint(checkpoint))["labels"])
+    aliases = load_registry(home).aliases
+    out = []
+    for spec in specs:
+        target = parse_target(spec, layout, aliases=aliases)
+        labels = ", ".join(f"{layout.spaces[a.space].dataset}:{a.name}"
+                           f"{'' if a.value == 'on' else '=' + a.value}"
+                           for a in target.assignments)
+        out.append({"spec": spec, "slug": target.slug, "labels": labels,
+                    "note": " ".join(target.notes)})
+    return out
+
+
+def run_demo(cfg: DemoConfig, progress: Progress | None = None,
+             on_step: Callable[[DemoStep], None] | None = None) -> dict[str, Any]:
+    """Run fetch → prepare → train → translate → eval on the demo data; see the module
+    docstring. Returns a JSON-able summary: paths, per-step seconds, the commands, and the
+    eval numbers (`summary`, `datasets`).
+
+    Raises UsageError for an `out` folder holding someone else's files, and whatever the
+    steps raise (their messages name the step's command to retry).
+    """
+    from starcli.config import TrainConfig
+
+    started = time.perf_counter()
+    home = resolve_home(cfg.home)
+    out = cfg.out
+    train_cfg = TrainConfig.from_preset(
+        "demo", datasets=DEMO_DATASETS, joint=True,
+        home=str(cfg.home) if cfg.home is not None else None, run_dir=str(out / "run"),
+        mix=MIX, iters=cfg.iters, seed=cfg.seed, device=cfg.device)
+    size = train_cfg.image_size
+    _claim_out(out)
+    workers = _workers(cfg)
+    timer = _Timer()
+    commands: list[str] = []
+    total = 7
+
+    def step(number: int, title: str, command: str | None) -> float:
+        if command is not None:
+            commands.append(command)
+        if on_step is not None:
+            on_step(DemoStep(number, total, title, command))
+        return time.perf_counter()
+
+    # 1. Data.
+    from starcli.data.fetch import FetchConfig, fetch
+
+    extra = (f" --count {cfg.count}" if cfg.count else "") + \
+        (f" --subjects {cfg.subjects}" if cfg.subjects else "")
+    t = step(1, "Draw the synthetic demo faces",
+             f"starcli fetch demo{extra} --workers {workers}{_home_flag(cfg)}")
+    fetched = fetch(FetchConfig(home=home, dataset="demo", count=cfg.count,
+                                subjects=cfg.subjects, workers=workers), progress=progress)
+    timer.add("fetch", t)
+
+    from starcli.data.prepare import PrepareConfig, prepare
+
+    attrs = ",".join(CELEBA_ATTRS)
+    t = step(2, "Prepare demo-celeba (hair colours, Male, Young, Smiling)",
+             f"starcli prepare demo-celeba --size {size} --crop {CROPS['demo-celeba']} "
+             f"--attrs {attrs} --workers {workers}{_home_flag(cfg)}")
+    prepare(PrepareConfig(home=home, dataset="demo-celeba", size=size,
+                          crop=CROPS["demo-celeba"], attrs=CELEBA_ATTRS, workers=workers),
+            progress=progress)
+    timer.add("prepare", t)
+    t = step(3, "Prepare demo-rafd (8 expressions)",
+             f"starcli prepare demo-rafd --size {size} --crop {CROPS['demo-rafd']} "
+             f"--workers {workers}{_home_flag(cfg)}")
+    prepare(PrepareConfig(home=home, dataset="demo-rafd", size=size, crop=CROPS["demo-rafd"],
+                          workers=workers), progress=progress)
+    timer.add("prepare", t)
+
+    # 2. Training.
+    from starcli.training import train
+
+    iters_flag = f" --iters {cfg.iters}" if cfg.iters else ""
+    seed_flag = f" --seed {cfg.seed}" if cfg.seed else ""
+    device_flag = f" --device {cfg.device}" if cfg.device != "auto" else ""
+    t = step(4, f"Train one model on both datasets ({train_cfg.iters:,} iterations)",
+             f"starcli train --joint --datasets {','.join(DEMO_DATASETS)} --preset demo "
+             f"--mix {','.join(f'{m:g}' for m in MIX)}{iters_flag}{seed_flag}{device_flag} "
+             f"--run-dir {_q(out / 'run')}"
+             f"{_home_flag(cfg)}")
+    trained = train(train_cfg, progress=progress)
+    timer.add("train", t)
+    run_dir = Path(trained["run_dir"])
+
+    # 3. Translate held-out faces.
+    t = step(5, f"Export {cfg.faces} held-out test faces per dataset to {out / 'faces'}", None)
+    faces = _export_faces(home, size, cfg.faces, out / "faces")
+    timer.add("faces", t)
+
+    from starcli.translate import TranslateConfig, translate
+
+    resolved = _resolutions(run_dir, home, TRANSLATE_TARGETS)
+    to_flags = " ".join(f"--to {_q(s)}" for s in TRANSLATE_TARGETS)
+    t = step(6, "Translate the held-out faces",
+             f"starcli translate {_q(out / 'faces')} {to_flags} --checkpoint {_q(run_dir)} "
+             f"--out {_q(out / 'translated')} --grid{device_flag}{_home_flag(cfg)}")
+    for r in resolved:
+        log(progress, f"  --to {r['spec']} → {r['labels']}" +
+            (f" ({r['note']})" if r["note"] else ""))
+    translated = translate(TranslateConfig(
+        inputs=(out / "faces",), targets=TRANSLATE_TARGETS, checkpoint=run_dir,
+        out=out / "translated", grid=True, device=cfg.device, home=cfg.home),
+        progress=progress)
+    timer.add("translate", t)
+
+    # 4. Measure.
+    from starcli.evaluate import EvalConfig, evaluate
+
+    eval_flags = (f" --num-images {cfg.eval_images}" if cfg.eval_images else "") + \
+        (f" --classifier-epochs {cfg.classifier_epochs}" if cfg.classifier_epochs else "") + \
+        seed_flag + device_flag
+    t = step(7, "Measure: translate every test face to every target, judge with a classifier",
+             f"starcli eval --checkpoint {_q(run_dir)} --metrics accuracy,reconstruction"
+             f"{eval_flags} --out {_q(out / 'report')}{_home_flag(cfg)}")
+    report = evaluate(EvalConfig(
+        checkpoint=run_dir, home=cfg.home, metrics=("accuracy", "reconstruction"),
+        num_images=cfg.eval_images, out=out / "report", seed=cfg.seed, device=cfg.device,
+        classifier_epochs=cfg.classifier_epochs), progress=progress)
+    timer.add("eval", t)
+
+    files = report.get("files", {})
+    result: dict[str, Any] = {
+        "home": str(home), "out": str(out), "full_budget": cfg.is_full,
+        "seconds": round(time.perf_counter() - started, 2), "timings": timer.seconds,
+        "commands": commands,
+        "data": {"fetched": fetched, "image_size": size, "crops": dict(CROPS)},
+        "train": {k: trained.get(k) for k in ("run_dir", "checkpoint", "step", "iters",
+                                               "seconds", "images_per_s", "device",
+                                               "precision", "samples")},
+        "faces": {"dir": str(out / "faces"), "files": [str(p) for p in faces]},
+        "translate": {"out": str(translated.out), "grids": str(translated.out / "_grid"),
+                      "manifest": str(translated.manifest),
+                      "translated": translated.translated, "targets": resolved},
+        "report": {"dir": str(out / "report"), "markdown": files.get("markdown"),
+                   "json": files.get("json"), "samples": files.get("samples", {}),
+                   "chart": files.get("chart")},
+        "summary": report["summary"],
+        "datasets": [{"dataset": s["dataset"], "mean": s["mean"],
+                      "targets": [{k: r.get(k) for k in ("target", "success", "accuracy",
+                                                         "ceiling", "reconstruction_l1",
+                                                         "eligible")}
+                                  for r in s["targets"]]}
+                     for s in report["datasets"]],
+    }
+    atomic_write_json(out / "demo.json", result)
+    return result
+
+
+def quick_config(cfg: DemoConfig) -> DemoConfig:
+    """`cfg` with the `DemoConfig.quick()` budget for every field it leaves unset."""
+    quick = DemoConfig.quick()
+    changes = {n: getattr(quick, n) for n in ("iters", "count", "subjects", "eval_images",
+                                              "classifier_epochs")
+               if getattr(cfg, n) is None}
+    changes["faces"] = min(cfg.faces, quick.faces)
+    return replace(cfg, **changes)
+
+
+def load_result(out: Path) -> dict[str, Any] | None:
+    """The summary a finished demo wrote to <out>/demo.json, or None."""
+    try:
+        return json.loads((Path(out) / "demo.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,101 @@
+"""`starcli demo`: the whole chain end to end on a reduced budget, and its guard rails."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from starcli.cli import app
+from starcli.demo import MARKER, DemoConfig, quick_config, run_demo
+from starcli.errors import UsageError
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_step(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "demo-out"
+    steps = []
+    cfg = DemoConfig.quick(home=home, out=out, workers=0)
+    result = run_demo(cfg, on_step=steps.append)
+
+    # Every step was announced, with a command a user can paste (all but the face export).
+    assert [s.number for s in steps] == list(range(1, 8))
+    commands = [s.command for s in steps if s.command]
+    assert [c.split()[1] for c in commands] == ["fetch", "prepare", "prepare", "train",
+                                                "translate", "eval"]
+    assert "--joint --datasets demo-celeba,demo-rafd --preset demo" in commands[3]
+    assert "--to Smiling" in commands[4]
+
+    run = out / "run"
+    assert (run / "config.json").is_file()
+    assert list((run / "checkpoints").glob("step-*/G.safetensors"))
+    assert result["train"]["step"] == cfg.iters
+    samples = Path(result["train"]["samples"])
+    assert samples.is_file() and samples.suffix == ".png"
+
+    faces = sorted((out / "faces").rglob("*.jpg"))
+    assert len(faces) == 2 * cfg.faces
+    # Every face was translated to every target, and the grids exist.
+    slugs = [t["slug"] for t in result["translate"]["targets"]]
+    assert len(slugs) == 5
+    for slug in slugs:
+        assert len(list((out / "translated" / slug).rglob("*.png"))) == len(faces)
+    assert len(list((out / "translated" / "_grid").rglob("*.png"))) == len(faces)
+    smiling = next(t for t in result["translate"]["targets"] if t["spec"] == "Smiling")
+    assert smiling["labels"] == "demo-celeba:Smiling"  # a selected CelebA attribute wins
+
+    report = out / "report"
+    assert (report / "report.json").is_file() and (report / "report.md").is_file()
+    grids = sorted(report.glob("samples-*.png"))
+    assert [p.name for p in grids] == ["samples-demo-celeba.png", "samples-demo-rafd.png"]
+    assert (report / "accuracy.png").is_file()
+
+    summary = result["summary"]
+    assert _finite(summary["success"]) and 0.0 <= summary["success"] <= 1.0
+    assert _finite(summary["reconstruction_l1"]) and summary["reconstruction_l1"] >= 0.0
+    targets = [r for d in result["datasets"] for r in d["targets"]]
+    assert len(targets) == summary["targets"] == 18  # 4 hair + 3 labels x 2 ways + 8 moods
+    assert all(_finite(r["reconstruction_l1"]) for r in targets)
+    assert json.loads((out / "demo.json").read_text())["summary"] == summary
+    assert result["full_budget"] is False
+
+    # A second run into the same folder replaces the demo's outputs and reuses the data.
+    again = run_demo(quick_config(DemoConfig(home=home, out=out, workers=0, iters=2)))
+    assert again["train"]["step"] == 2
+    assert again["data"]["fetched"]["parts"][0]["skipped"] is True
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="did not write"):
+        run_demo(DemoConfig.quick(home=tmp_path / "home", out=out))
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not (out / MARKER).exists()
+
+
+def test_demo_config_rejects_bad_budgets() -> None:
+    with pytest.raises(UsageError, match="--iters"):
+        DemoConfig(iters=0)
+    with pytest.raises(UsageError, match="subjects"):
+        DemoConfig(subjects=1)
+    assert DemoConfig().is_full and not DemoConfig.quick().is_full
+    assert quick_config(DemoConfig(iters=5)).iters == 5
+
+
+def test_demo_command_reports_usage_errors(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "x").write_text("x")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out),
+                                      "--home", str(home)])
+    assert result.exit_code == 2
+    assert "did not write" in result.output
