@@ -58,6 +58,8 @@ def demo(
 
       starcli demo --out /tmp/demo --home /tmp/starcli-data
     """
+    from rich.markup import escape
+
     from starcli.demo import DemoConfig, quick_config, run_demo
 
     cfg = DemoConfig(home=home, out=out, iters=iters, seed=seed, workers=workers,
@@ -68,7 +70,7 @@ def demo(
     def on_step(step: Any) -> None:
         console.print(f"\n[bold cyan][{step.number}/{step.total}][/] [bold]{step.title}[/]")
         if step.command:
-            console.print(f"  [dim]$[/] {step.command}", soft_wrap=True, markup=False,
+            console.print(f"  [dim]$[/] {escape(step.command)}", soft_wrap=True,
                           highlight=False)
 
     with RichProgress() as progress:
@@ -104,8 +106,9 @@ def _print_result(result: dict[str, Any]) -> None:
                       "well the demo recipe learns.")
     for t in result["translate"]["targets"]:
         if t["spec"] == "Smiling":
-            console.print(f"--to Smiling resolved to {t['labels']}"
-                          + (f" ({t['note']})" if t["note"] else ""))
+            why = t["note"] or ("Smiling is one of the model's own demo-celeba labels; the "
+                                "registry alias rafd:happy is only used by models without it")
+            console.print(f"--to Smiling resolved to {t['labels']} ({why}).")
     train = result["train"]
     console.print(f"\n[green]✓[/] demo finished in {result['seconds']:.0f}s "
                   f"(training {train['seconds']:.0f}s, {train['step']:,} iterations, "
