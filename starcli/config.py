@@ -82,7 +82,10 @@ class TrainConfig:
     g_conv_dim: int = 64
     d_conv_dim: int = 64
     g_repeat_num: int = 6  # residual blocks in G
+    g_down_num: int = 2  # stride-2 convs in G before its residual blocks; image_size must be
+    #                     a multiple of 2**this
     d_repeat_num: int = 6  # strided convs in D; image_size must be a multiple of 2**this
+    g_input_skip: bool = False  # G's last conv also sees the input image (not in the paper)
 
     # Speed (never change the maths beyond rounding)
     precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA) | auto (bf16 where the hardware has it)
@@ -136,7 +139,7 @@ class TrainConfig:
             if any(m < 0 for m in self.mix) or sum(self.mix) <= 0:
                 raise ConfigError("--mix weights must be non-negative with a positive sum.")
         positive = ("iters", "batch_size", "n_critic", "lr_update_step", "g_conv_dim",
-                    "d_conv_dim", "d_repeat_num", "keep_last", "log_every")
+                    "d_conv_dim", "d_repeat_num", "g_down_num", "keep_last", "log_every")
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("dist_timeout", self.dist_timeout, minimum=1)
@@ -171,9 +174,10 @@ class TrainConfig:
             raise ConfigError("--precision fp16 needs a CUDA device (it uses a gradient scaler); "
                               "use --precision bf16 on a CPU.")
         _check_int("image_size", self.image_size, minimum=4)
-        if self.image_size % 4:
-            raise ConfigError(f"--image-size must be a multiple of 4 (G down-samples twice), got "
-                              f"{self.image_size}.")
+        g_stride = 2 ** self.g_down_num
+        if self.image_size % g_stride:
+            raise ConfigError(f"--image-size must be a multiple of {g_stride} (G down-samples "
+                              f"{self.g_down_num} times), got {self.image_size}.")
         stride = 2 ** self.d_repeat_num
         if self.image_size % stride:
             deepest = _max_depth(self.image_size)

@@ -275,7 +275,8 @@ def _open_datasets(cfg: TrainConfig) -> tuple[tuple[PreparedDataset, ...], Label
 def _model_config(cfg: TrainConfig, layout: LabelLayout) -> ModelConfig:
     return ModelConfig(image_size=cfg.image_size, c_dim=layout.c_dim, cls_dim=layout.cls_dim,
                        g_conv_dim=cfg.g_conv_dim, d_conv_dim=cfg.d_conv_dim,
-                       g_repeat_num=cfg.g_repeat_num, d_repeat_num=cfg.d_repeat_num)
+                       g_repeat_num=cfg.g_repeat_num, g_down_num=cfg.g_down_num,
+                       g_input_skip=cfg.g_input_skip, d_repeat_num=cfg.d_repeat_num)
 
 
 def describe_run(cfg: TrainConfig) -> RunPlan:
@@ -1087,7 +1088,11 @@ def _gather_rng(gen: torch.Generator, rt: _Runtime) -> list[dict[str, Any]]:
 def _check_resumable(meta: dict[str, Any], ckpt: Path, model_cfg: ModelConfig,
                      layout: LabelLayout, datasets: tuple[PreparedDataset, ...],
                      warn: Callable[[str], None]) -> None:
-    if meta.get("model") != model_cfg.to_dict():
+    try:  # through from_dict, so checkpoints written before a field existed get its default
+        theirs = ModelConfig.from_dict(meta.get("model") or {})
+    except (ConfigError, TypeError):
+        theirs = None
+    if theirs != model_cfg:
         raise ConfigError(f"--resume {ckpt}: the checkpoint's model {meta.get('model')} differs "
                           f"from this config's {model_cfg.to_dict()}; resume with the run's own "
                           "settings (starcli train --resume RUN_DIR).")

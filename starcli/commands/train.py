@@ -106,6 +106,13 @@ def train(
         "--d-conv-dim", min=1, help="Width of D's first layer.", show_default=False)] = None,
     g_repeat_num: Annotated[int | None, typer.Option(
         "--g-repeat-num", min=0, help="Residual blocks in G.", show_default=False)] = None,
+    g_down_num: Annotated[int | None, typer.Option(
+        "--g-down-num", min=1, help="Stride-2 convs in G before its residual blocks (paper: 2).",
+        show_default=False)] = None,
+    g_input_skip: Annotated[bool | None, typer.Option(
+        "--g-input-skip/--no-g-input-skip", help="G's last conv also sees the input image, "
+        "so flat colours (backgrounds) survive instance norm. Not in the paper.",
+        show_default=False)] = None,
     d_repeat_num: Annotated[int | None, typer.Option(
         "--d-repeat-num", min=1, help="Strided convs in D.", show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(
@@ -185,7 +192,8 @@ def train(
         iters=iters, batch_size=batch_size, image_size=image_size, adv_loss=adv_loss,
         n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
         g_lr=g_lr, d_lr=d_lr, lr_decay_iters=lr_decay_iters, g_conv_dim=g_conv_dim,
-        d_conv_dim=d_conv_dim, g_repeat_num=g_repeat_num, d_repeat_num=d_repeat_num,
+        d_conv_dim=d_conv_dim, g_repeat_num=g_repeat_num, g_down_num=g_down_num,
+        g_input_skip=g_input_skip, d_repeat_num=d_repeat_num,
         precision=precision, channels_last=channels_last, compile=compile_, device=device,
         workers=workers, seed=seed, run_dir=run_dir, sample_every=sample_every,
         save_every=save_every, log_every=log_every, keep_last=keep,

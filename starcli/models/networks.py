@@ -40,6 +40,10 @@ class ModelConfig:
     g_conv_dim: int = 64  # width of G's first conv (doubled twice by the down-sampling)
     d_conv_dim: int = 64  # width of D's first conv (doubled by every strided conv)
     g_repeat_num: int = 6  # residual blocks in G
+    g_down_num: int = 2  # stride-2 convs in G before the residual blocks (paper: 2)
+    # G's last conv also sees the input image (not in the paper). Instance norm erases flat
+    # colours such as plain backgrounds; with the input at hand G can keep them.
+    g_input_skip: bool = False
     d_repeat_num: int = 6  # stride-2 convs in D (the final map is image_size / 2**d_repeat_num)
 
     def __post_init__(self) -> None:
@@ -47,13 +51,18 @@ class ModelConfig:
             value = getattr(self, f.name)
             if f.name == "cls_dim" and value is None:
                 continue
+            if f.name == "g_input_skip":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"g_input_skip must be true or false, got {value!r}.")
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{_flag(f.name)} must be an integer, got {value!r}.")
         if self.cls_dim is None:
             # frozen dataclass: resolve the default once so to_dict() is always explicit
             object.__setattr__(self, "cls_dim", self.c_dim)
 
-        for name in ("c_dim", "cls_dim", "g_conv_dim", "d_conv_dim", "d_repeat_num"):
+        for name in ("c_dim", "cls_dim", "g_conv_dim", "d_conv_dim", "d_repeat_num",
+                     "g_down_num"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
         if self.g_repeat_num < 0:
@@ -63,10 +72,11 @@ class ModelConfig:
                 f"cls_dim ({self.cls_dim}) cannot exceed c_dim ({self.c_dim}): D classifies "
                 "at most the labels G receives."
             )
-        if self.image_size < 4 or self.image_size % 4:
+        g_stride = 2**self.g_down_num
+        if self.image_size < g_stride or self.image_size % g_stride:
             raise ConfigError(
-                f"--image-size must be a positive multiple of 4 (G down-samples twice), "
-                f"got {self.image_size}."
+                f"--image-size must be a positive multiple of {g_stride} (G down-samples "
+                f"{self.g_down_num} times), got {self.image_size}."
             )
         stride = 2**self.d_repeat_num
         if self.image_size % stride:
@@ -81,7 +91,7 @@ class ModelConfig:
         """Side of D's final feature map, which is also the classifier head's kernel size."""
         return self.image_size // 2**self.d_repeat_num
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         """A JSON-ready dict with every field explicit."""
         return asdict(self)
 
@@ -151,16 +161,18 @@ class Generator(nn.Module):
         self.cfg = cfg
         w = cfg.g_conv_dim
         self.stem = _ConvNormReLU(nn.Conv2d(3 + cfg.c_dim, w, 7, 1, 3, bias=False), w)
+        mults = [2**i for i in range(cfg.g_down_num)]  # paper: 1, 2 (widths w -> 2w -> 4w)
         self.down = nn.ModuleList(
             _ConvNormReLU(nn.Conv2d(w * m, w * m * 2, 4, 2, 1, bias=False), w * m * 2)
-            for m in (1, 2)
+            for m in mults
         )
-        self.blocks = nn.Sequential(*(ResidualBlock(w * 4) for _ in range(cfg.g_repeat_num)))
+        deep = w * 2**cfg.g_down_num
+        self.blocks = nn.Sequential(*(ResidualBlock(deep) for _ in range(cfg.g_repeat_num)))
         self.up = nn.ModuleList(
-            _ConvNormReLU(nn.ConvTranspose2d(w * m, w * m // 2, 4, 2, 1, bias=False), w * m // 2)
-            for m in (4, 2)
+            _ConvNormReLU(nn.ConvTranspose2d(w * m * 2, w * m, 4, 2, 1, bias=False), w * m)
+            for m in reversed(mults)
         )
-        self.to_rgb = nn.Conv2d(w, 3, 7, 1, 3, bias=False)
+        self.to_rgb = nn.Conv2d(w + 3 * cfg.g_input_skip, 3, 7, 1, 3, bias=False)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -178,6 +190,8 @@ class Generator(nn.Module):
         h_ = self.blocks(h_)
         for layer in self.up:
             h_ = layer(h_)
+        if self.cfg.g_input_skip:
+            h_ = torch.cat([h_, x.to(h_.dtype)], dim=1)
         return torch.tanh(self.to_rgb(h_))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -143,7 +144,9 @@ def rafd(data):
 
 
 def take(stream: TrainStream, n: int) -> list:
-    return [next(stream) for _ in range(n)]
+    # With workers, images are views of a ring that is reused after two more batches.
+    return [dataclasses.replace(b, images=b.images.clone()) for b in
+            (next(stream) for _ in range(n))]
 
 
 def assert_same(a, b) -> None:
@@ -299,6 +302,19 @@ def test_resume_is_exact(celeba, rafd, workers):
         second.load_state_dict(state)
         assert_same(take(second, 13), reference[7:20])
         assert second.state_dict()["epochs"] == [1, 1]
+
+
+def test_worker_batches_stay_valid_while_two_more_are_taken(celeba, rafd):
+    layout = joint_layout([celeba, rafd])
+    with TrainStream([celeba, rafd], layout, batch_size=16, seed=3, workers=0) as ref:
+        expected = [b.images for b in take(ref, 30)]
+    with TrainStream([celeba, rafd], layout, batch_size=16, seed=3, workers=2) as stream:
+        held = [next(stream).images, next(stream).images]
+        for i in range(2, 30):
+            held.append(next(stream).images)
+            # the batch taken two calls ago is untouched although the workers run ahead
+            assert torch.equal(held[i - 2], expected[i - 2]), i
+            assert torch.equal(held[i], expected[i])
 
 
 def test_load_state_dict_rejects_other_setups(celeba, rafd):

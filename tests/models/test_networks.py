@@ -65,6 +65,38 @@ def test_labels_change_the_output():
     assert (a - b).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("down", [1, 3])
+def test_generator_down_sampling_depth(down):
+    cfg = dataclasses.replace(TINY, g_down_num=down)
+    g = Generator(cfg)
+    assert len(g.down) == len(g.up) == down
+    assert g.blocks[0].conv1.in_channels == 8 * 2**down  # width doubles at every halving
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert g(x, torch.tensor([[1.0, 0, 1], [0, 1, 0]])).shape == x.shape
+    # the paper's depth is the default, and old configs without the field load as depth 2
+    legacy = {k: v for k, v in TINY.to_dict().items() if k != "g_down_num"}
+    assert ModelConfig.from_dict(legacy).g_down_num == 2
+
+
+def test_input_skip_hands_the_image_to_the_last_conv():
+    cfg = dataclasses.replace(TINY, g_input_skip=True)
+    g = Generator(cfg)
+    assert g.to_rgb.in_channels == 8 + 3
+    # Weights that ignore the features and copy the input: G(x) = tanh(x), flat colours kept
+    # (without the skip, instance norm leaves no trace of a uniform background colour).
+    with torch.no_grad():
+        g.to_rgb.weight.zero_()
+        for ch in range(3):
+            g.to_rgb.weight[ch, 8 + ch, 3, 3] = 1.0
+    x = torch.full((1, 3, 32, 32), 0.4)
+    x[:, 1] = -0.3
+    y = g(x, torch.tensor([[1.0, 0, 0]]))
+    assert torch.allclose(y, torch.tanh(x), atol=1e-6)
+    with pytest.raises(ConfigError, match="g_input_skip"):
+        ModelConfig(g_input_skip=1)  # type: ignore[arg-type]
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_joint_config_classifier_width():
     cfg = ModelConfig(image_size=32, c_dim=15, cls_dim=13, g_conv_dim=4, d_conv_dim=4,
                       g_repeat_num=1, d_repeat_num=2)
@@ -128,6 +160,8 @@ def test_config_defaults_and_round_trip():
     ({"d_conv_dim": -1}, "--d-conv-dim"),
     ({"c_dim": 0}, "--c-dim"),
     ({"g_repeat_num": -1}, "--g-repeat-num"),
+    ({"g_down_num": 0}, "--g-down-num"),
+    ({"image_size": 36, "g_down_num": 3, "d_repeat_num": 1}, "--image-size"),
     ({"image_size": 128.0}, "--image-size"),
     ({"c_dim": 3, "cls_dim": 4}, "cls_dim"),
 ])
