@@ -38,10 +38,11 @@ from starcli.utils import fsync_path
 
 __all__ = ["FORMAT", "VERSION", "LoadedCheckpoint", "resolve_checkpoint", "load_checkpoint",
            "save_checkpoint", "load_training_state", "list_checkpoints", "clean_state_dict",
-           "load_weights", "read_meta", "step_dir_name"]
+           "load_weights", "read_meta", "step_dir_name", "EMA_FILE"]
 
 FORMAT = "starcli-checkpoint"
 VERSION = 1
+EMA_FILE = "G_ema.safetensors"  # moving average of G's weights (runs with --g-ema)
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -61,6 +62,7 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
     path: Path  # the checkpoint directory
     state: dict[str, Any] | None = None  # training state, only with with_state=True
+    ema: bool = False  # G holds the moving-average weights (G_ema.safetensors)
 
     @property
     def step(self) -> int:
@@ -97,8 +99,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: dict[str, Any],
-                    state: dict[str, Any] | None, keep_last: int) -> Path:
+                    state: dict[str, Any] | None, keep_last: int,
+                    G_ema: nn.Module | None = None) -> Path:
     """Write checkpoints/step-<step>/ atomically, then keep only the newest `keep_last`.
+
+    With `G_ema` (the moving average of G's weights) the checkpoint also holds
+    G_ema.safetensors, which `load_checkpoint` prefers for inference.
 
     `meta` is completed with format, version, step and starcli version. Returns the
     checkpoint directory.
@@ -113,6 +119,8 @@ def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: 
     try:
         save_file(clean_state_dict(G), str(tmp / "G.safetensors"), metadata={"format": "pt"})
         save_file(clean_state_dict(D), str(tmp / "D.safetensors"), metadata={"format": "pt"})
+        if G_ema is not None:
+            save_file(clean_state_dict(G_ema), str(tmp / EMA_FILE), metadata={"format": "pt"})
         if state is not None:
             torch.save(state, tmp / "state.pt")
         full_meta = {"format": FORMAT, "version": VERSION, "step": int(step),
@@ -186,7 +194,8 @@ def resolve_checkpoint(path: Path | str | None) -> Path:
         path = latest
     path = Path(path)
     if path.is_file():
-        if path.name in ("G.safetensors", "D.safetensors", "meta.json", "state.pt"):
+        if path.name in ("G.safetensors", EMA_FILE, "D.safetensors", "meta.json",
+                         "state.pt"):
             path = path.parent
         else:
             raise CheckpointError(f"{path} is not part of a starcli checkpoint; pass a run "
@@ -265,12 +274,13 @@ def load_training_state(ckpt_dir: Path, map_location: str | torch.device = "cpu"
 
 
 def load_checkpoint(path: Path | str | None, device: str | torch.device = "cpu",
-                    with_discriminator: bool = True, with_state: bool = False
-                    ) -> LoadedCheckpoint:
+                    with_discriminator: bool = True, with_state: bool = False,
+                    ema: bool = True) -> LoadedCheckpoint:
     """Load a checkpoint (anything `resolve_checkpoint` accepts) for inference.
 
-    G (and D) come back in eval mode on `device`. `with_state=True` also reads the training
-    state (optimisers, RNGs), refusing unsafe pickles.
+    G (and D) come back in eval mode on `device`. G holds the moving-average weights when the
+    run kept them (`ema=False`: the raw training weights). `with_state=True` also reads the
+    training state (optimisers, RNGs), refusing unsafe pickles.
     """
     ckpt_dir = resolve_checkpoint(path)
     meta = read_meta(ckpt_dir)
@@ -285,7 +295,8 @@ def load_checkpoint(path: Path | str | None, device: str | torch.device = "cpu",
                               f"({exc}).") from None
     state = load_training_state(ckpt_dir) if with_state else None
     G = Generator(model)
-    load_weights(G, ckpt_dir / "G.safetensors")
+    use_ema = ema and (ckpt_dir / EMA_FILE).is_file()
+    load_weights(G, ckpt_dir / (EMA_FILE if use_ema else "G.safetensors"))
     G.to(device).eval()
     D = None
     if with_discriminator:
@@ -293,4 +304,4 @@ def load_checkpoint(path: Path | str | None, device: str | torch.device = "cpu",
         load_weights(D, ckpt_dir / "D.safetensors")
         D.to(device).eval()
     return LoadedCheckpoint(G=G, D=D, model=model, layout=layout, meta=meta, path=ckpt_dir,
-                            state=state)
+                            state=state, ema=use_ema)

@@ -86,6 +86,9 @@ class TrainConfig:
     #                     a multiple of 2**this
     d_repeat_num: int = 6  # strided convs in D; image_size must be a multiple of 2**this
     g_input_skip: bool = False  # G's last conv also sees the input image (not in the paper)
+    # Exponential moving average of G's weights (as StarGAN v2), kept beside G and used by
+    # samples, translate and eval; 0 = off (the paper), e.g. 0.999 = a ~1,000-step horizon.
+    g_ema: float = 0.0
 
     # Speed (never change the maths beyond rounding)
     precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA) | auto (bf16 where the hardware has it)
@@ -157,6 +160,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{_flag(name)} must be a number > 0, got {value!r}.")
+        if isinstance(self.g_ema, bool) or not isinstance(self.g_ema, (int, float)) or \
+                not 0 <= self.g_ema < 1:
+            raise ConfigError(f"--g-ema must be a number in [0, 1) (0 turns it off), got "
+                              f"{self.g_ema!r}.")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -29,6 +29,7 @@ weights plus every rank's RNG state, so they resume under DDP and load in one pr
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import gc
 import hashlib
@@ -55,6 +56,7 @@ from torch import nn
 
 from starcli import __version__
 from starcli.checkpoint import (
+    EMA_FILE,
     list_checkpoints,
     load_training_state,
     load_weights,
@@ -426,6 +428,9 @@ class _Step:
     gen: torch.Generator  # target-label shuffles
     scaler_g: Any = None
     scaler_d: Any = None
+    # Moving average of G (cfg.g_ema > 0): `ema_params` follow `g_params` after each G step.
+    ema_params: list[torch.Tensor] | None = None
+    g_params: list[torch.Tensor] | None = None
     # D steps taken per label space: G steps every n_critic-th batch *of each dataset*, so
     # strict alternation with an even n_critic cannot starve one dataset of G updates.
     d_steps: list[int] = field(default_factory=list)
@@ -493,6 +498,9 @@ class _Step:
                 g_loss = g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec
             self.opt_g.zero_grad(set_to_none=True)
             _backward_step(g_loss, self.opt_g, self.scaler_g)
+            if self.ema_params is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(self.ema_params, self.g_params, 1.0 - cfg.g_ema)
             out.update({"G/loss": g_loss.detach(), "G/adv": g_adv.detach(),
                         "G/cls": g_cls.detach(), "G/rec": g_rec.detach(),
                         "G/acc_fake": _accuracy(cls_fake.detach().float(), label_trg, kind)})
@@ -732,10 +740,11 @@ class _RunIO:
         return path
 
     def checkpoint(self, step: int, G: nn.Module, D: nn.Module, meta: dict[str, Any],
-                   state: dict[str, Any], keep_last: int) -> Path | None:
+                   state: dict[str, Any], keep_last: int,
+                   G_ema: nn.Module | None = None) -> Path | None:
         if not self.enabled:
             return None
-        return save_checkpoint(self.run_dir, step, G, D, meta, state, keep_last)
+        return save_checkpoint(self.run_dir, step, G, D, meta, state, keep_last, G_ema)
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -1142,6 +1151,12 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     if resume_dir is not None:
         load_weights(G, resume_dir / "G.safetensors")
         load_weights(D, resume_dir / "D.safetensors")
+    G_ema = None
+    if cfg.g_ema > 0:
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        if resume_dir is not None and (resume_dir / EMA_FILE).is_file():
+            load_weights(G_ema, resume_dir / EMA_FILE)
+    if resume_dir is not None:
         state = load_training_state(resume_dir)
         try:
             _load_optimizer(opt_g, state["opt_g"])
@@ -1165,7 +1180,9 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     G_t, D_t, D_g, compiled = _wrap_models(G, D, cfg, rt, warn)
     step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G_t, D=D_t, D_eager=D, D_g=D_g, opt_g=opt_g,
                     opt_d=opt_d, gen=gen, scaler_g=scaler_g, scaler_d=scaler_d,
-                    d_steps=d_steps)
+                    d_steps=d_steps,
+                    ema_params=list(G_ema.parameters()) if G_ema is not None else None,
+                    g_params=list(G.parameters()) if G_ema is not None else None)
     sampler = _Sampler(datasets, layout, device) if rt.is_main else None
     io = _RunIO(run_dir, rt.is_main, warn)
     env = _environment(cfg, rt) if rt.is_main else {}
@@ -1191,7 +1208,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                  "lr": {"g": cfg.lr_at(step, cfg.g_lr), "d": cfg.lr_at(step, cfg.d_lr)},
                  "scaler_g": scaler_g.state_dict() if scaler_g else None,
                  "scaler_d": scaler_d.state_dict() if scaler_d else None}
-        return io.checkpoint(step, G, D, meta, state, cfg.keep_last)
+        return io.checkpoint(step, G, D, meta, state, cfg.keep_last, G_ema)
 
     names = tuple(d.name for d in datasets)
     meter = _Meter(names=names, world_size=rt.world_size)
@@ -1260,7 +1277,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                     if on_log is not None:
                         on_log(record)
                 if do_sample and sampler is not None:
-                    last_sample = io.samples(step, sampler.grid(G, rt))
+                    last_sample = io.samples(step, sampler.grid(G if G_ema is None else G_ema, rt))
                 if do_save:
                     last_ckpt = save(step) or last_ckpt
                     last_saved_step = step

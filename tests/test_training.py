@@ -164,6 +164,8 @@ def test_presets_and_overrides():
 
 
 @pytest.mark.parametrize("overrides, flag", [
+    ({"g_ema": 1.0}, "--g-ema"),
+    ({"g_ema": -0.1}, "--g-ema"),
     (dict(image_size=48, d_repeat_num=6), "too deep"),
     (dict(adv_loss="wasserstein"), "--adv-loss"),
     (dict(datasets=("a", "b")), "--joint"),
@@ -298,6 +300,36 @@ def test_checkpoint_round_trip_and_keep_last(celeba_home, tmp_path):
     assert ckpt.G(x, c).shape == (2, 3, SIZE, SIZE)
 
 
+def test_g_ema_is_an_average_of_g_and_what_inference_loads(celeba_home, tmp_path):
+    from safetensors.torch import load_file
+
+    from starcli.training import train
+
+    # a G step and a save every step: G_ema(t) = d * G_ema(t-1) + (1 - d) * G(t)
+    decay = 0.75
+    run = Path(train(tiny(celeba_home, tmp_path, iters=4, save_every=1, keep_last=4,
+                          sample_every=0, g_ema=decay, n_critic=1))["run_dir"])
+    ckpts = list_checkpoints(run)
+    g = [load_file(str(c / "G.safetensors")) for c in ckpts]
+    ema = [load_file(str(c / "G_ema.safetensors")) for c in ckpts]
+    moved = False
+    for t in range(1, 4):
+        for k in g[t]:
+            expected = decay * ema[t - 1][k] + (1 - decay) * g[t][k]
+            assert torch.allclose(ema[t][k], expected, atol=1e-6), (t, k)
+            moved |= not torch.equal(ema[t][k], g[t][k])
+    assert moved, "the average should lag behind G"
+    ck = load_checkpoint(run, with_discriminator=False)
+    raw = load_checkpoint(run, with_discriminator=False, ema=False)
+    assert ck.ema and not raw.ema
+    for k, v in ck.G.state_dict().items():
+        assert torch.equal(v, ema[-1][k]) and torch.equal(raw.G.state_dict()[k], g[-1][k])
+    # without --g-ema there is no average, and inference uses G
+    plain = Path(train(tiny(celeba_home, tmp_path / "plain", iters=2, sample_every=0))["run_dir"])
+    assert not list(plain.glob("checkpoints/*/G_ema.safetensors"))
+    assert not load_checkpoint(plain, with_discriminator=False).ema
+
+
 _SUBPROCESS = textwrap.dedent("""
     import json, os, sys, torch
     torch.set_num_threads(1)
@@ -334,14 +366,15 @@ def _python(args: dict, **kw) -> subprocess.Popen:
 def _weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return {f"{m}.{k}": v for m in ("G", "D")
+    return {f"{m}.{k}": v for m in ("G", "G_ema", "D")
+            if (ckpt_dir / f"{m}.safetensors").is_file()
             for k, v in load_file(str(ckpt_dir / f"{m}.safetensors")).items()}
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(celeba_home, tmp_path):
     base = dict(datasets=["demo-celeba"], home=str(celeba_home), device="cpu", precision="fp32",
-                iters=8, save_every=4, sample_every=0, log_every=2, workers=0)
+                iters=8, save_every=4, sample_every=0, log_every=2, workers=0, g_ema=0.5)
     straight = _python({"cfg": {**base, "run_dir": str(tmp_path / "straight")}})
     killed = _python({"cfg": {**base, "run_dir": str(tmp_path / "killed")}, "stall_after": 4})
     out, err = straight.communicate(timeout=120)
@@ -365,7 +398,7 @@ def test_kill_9_then_resume_is_bit_identical(celeba_home, tmp_path):
 
     a = _weights(tmp_path / "straight" / "checkpoints" / "step-00000008")
     b = _weights(killed_run / "checkpoints" / "step-00000008")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith("G_ema.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     sa = load_training_state(tmp_path / "straight" / "checkpoints" / "step-00000008")
     sb = load_training_state(killed_run / "checkpoints" / "step-00000008")

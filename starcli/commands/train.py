@@ -113,6 +113,10 @@ def train(
         "--g-input-skip/--no-g-input-skip", help="G's last conv also sees the input image, "
         "so flat colours (backgrounds) survive instance norm. Not in the paper.",
         show_default=False)] = None,
+    g_ema: Annotated[float | None, typer.Option(
+        "--g-ema", min=0.0, max=0.9999999, help="Keep a moving average of G's weights with "
+        "this decay (e.g. 0.999) for samples, translate and eval; 0 turns it off.",
+        show_default=False)] = None,
     d_repeat_num: Annotated[int | None, typer.Option(
         "--d-repeat-num", min=1, help="Strided convs in D.", show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(
@@ -193,7 +197,7 @@ def train(
         n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
         g_lr=g_lr, d_lr=d_lr, lr_decay_iters=lr_decay_iters, g_conv_dim=g_conv_dim,
         d_conv_dim=d_conv_dim, g_repeat_num=g_repeat_num, g_down_num=g_down_num,
-        g_input_skip=g_input_skip, d_repeat_num=d_repeat_num,
+        g_input_skip=g_input_skip, g_ema=g_ema, d_repeat_num=d_repeat_num,
         precision=precision, channels_last=channels_last, compile=compile_, device=device,
         workers=workers, seed=seed, run_dir=run_dir, sample_every=sample_every,
         save_every=save_every, log_every=log_every, keep_last=keep,
