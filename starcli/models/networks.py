@@ -23,6 +23,8 @@ __all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualBlock", "count_
 
 # D's LeakyReLU slope, from the paper.
 LEAKY_SLOPE = 0.01
+# --g-residual: inputs are clamped to +-this before atanh (atanh(0.999) = 3.8, finite).
+_RESIDUAL_EDGE = 0.999
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,10 @@ class ModelConfig:
     d_conv_dim: int = 64  # width of D's first conv (doubled by every strided conv)
     g_repeat_num: int = 6  # residual blocks in G
     g_down_num: int = 2  # stride-2 convs in G before the residual blocks (paper: 2)
-    # G's last conv also sees the input image (not in the paper). Instance norm erases flat
-    # colours such as plain backgrounds; with the input at hand G can keep them.
-    g_input_skip: bool = False
+    # G predicts a change to its input instead of a whole image (not in the paper):
+    # out = tanh(atanh(x) + conv(h)). Instance norm erases flat colours (plain backgrounds);
+    # with the input carried around the network G only has to draw what changes.
+    g_residual: bool = False
     d_repeat_num: int = 6  # stride-2 convs in D (the final map is image_size / 2**d_repeat_num)
 
     def __post_init__(self) -> None:
@@ -51,9 +54,9 @@ class ModelConfig:
             value = getattr(self, f.name)
             if f.name == "cls_dim" and value is None:
                 continue
-            if f.name == "g_input_skip":
+            if f.name == "g_residual":
                 if not isinstance(value, bool):
-                    raise ConfigError(f"g_input_skip must be true or false, got {value!r}.")
+                    raise ConfigError(f"g_residual must be true or false, got {value!r}.")
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{_flag(f.name)} must be an integer, got {value!r}.")
@@ -172,7 +175,7 @@ class Generator(nn.Module):
             _ConvNormReLU(nn.ConvTranspose2d(w * m * 2, w * m, 4, 2, 1, bias=False), w * m)
             for m in reversed(mults)
         )
-        self.to_rgb = nn.Conv2d(w + 3 * cfg.g_input_skip, 3, 7, 1, 3, bias=False)
+        self.to_rgb = nn.Conv2d(w, 3, 7, 1, 3, bias=False)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -190,9 +193,12 @@ class Generator(nn.Module):
         h_ = self.blocks(h_)
         for layer in self.up:
             h_ = layer(h_)
-        if self.cfg.g_input_skip:
-            h_ = torch.cat([h_, x.to(h_.dtype)], dim=1)
-        return torch.tanh(self.to_rgb(h_))
+        out = self.to_rgb(h_)
+        if self.cfg.g_residual:
+            # in tanh's logit space, so the sum stays in (-1, 1) without clipping gradients
+            base = torch.atanh(x.float().clamp(-_RESIDUAL_EDGE, _RESIDUAL_EDGE))
+            return torch.tanh(base + out.float())
+        return torch.tanh(out)
 
 
 class Discriminator(nn.Module):

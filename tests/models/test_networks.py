@@ -78,22 +78,24 @@ def test_generator_down_sampling_depth(down):
     assert ModelConfig.from_dict(legacy).g_down_num == 2
 
 
-def test_input_skip_hands_the_image_to_the_last_conv():
-    cfg = dataclasses.replace(TINY, g_input_skip=True)
+def test_residual_generator_starts_from_its_input():
+    cfg = dataclasses.replace(TINY, g_residual=True)
     g = Generator(cfg)
-    assert g.to_rgb.in_channels == 8 + 3
-    # Weights that ignore the features and copy the input: G(x) = tanh(x), flat colours kept
-    # (without the skip, instance norm leaves no trace of a uniform background colour).
+    # a zero change leaves the input as it is, flat background colours included
     with torch.no_grad():
         g.to_rgb.weight.zero_()
-        for ch in range(3):
-            g.to_rgb.weight[ch, 8 + ch, 3, 3] = 1.0
-    x = torch.full((1, 3, 32, 32), 0.4)
-    x[:, 1] = -0.3
-    y = g(x, torch.tensor([[1.0, 0, 0]]))
-    assert torch.allclose(y, torch.tanh(x), atol=1e-6)
-    with pytest.raises(ConfigError, match="g_input_skip"):
-        ModelConfig(g_input_skip=1)  # type: ignore[arg-type]
+    x = torch.rand(2, 3, 32, 32) * 1.8 - 0.9
+    x[0, :, :8] = torch.tensor([0.4, -0.3, 0.9])[:, None, None]
+    y = g(x, torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
+    assert torch.allclose(y, x, atol=1e-5)
+    # extreme inputs stay finite and the output stays inside (-1, 1)
+    with torch.no_grad():
+        g.to_rgb.weight.normal_()
+    edge = torch.ones(1, 3, 32, 32)
+    out = g(edge, torch.tensor([[0.0, 0, 1]]))
+    assert torch.isfinite(out).all() and out.abs().max() <= 1
+    with pytest.raises(ConfigError, match="g_residual"):
+        ModelConfig(g_residual=1)  # type: ignore[arg-type]
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
