@@ -10,14 +10,24 @@
 Which rows form a batch and which of them are flipped depend only on (seed, dataset, epoch,
 position), computed in the main process; DataLoader workers only read and decode them. HDF5
 files are opened lazily in the process that reads them and are never pickled.
+
+With workers, one DataLoader item is a group of `_GROUP` consecutive batch plans: the worker
+reads, flips and normalises each into its slot of a shared-memory ring and sends back one
+small message for the group, and the stream hands the group's batches out one by one: the
+DataLoader's per-item cost (index queue, pickling, result queue, wake-ups; about 0.3 ms of
+CPU in all) is paid once per `_GROUP` batches. Groups are an implementation detail: the
+batches, their order and `state_dict()` are those of workers=0, and a resume from any batch
+(mid-group too) restarts exactly after it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +37,7 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -44,7 +55,10 @@ from starcli.progress import Progress, progress_task  # noqa: E402
 
 SCHEMA = 1
 _HASH_ROWS = 512  # rows hashed per read in content_sha256: bounded memory for big shards
-_PREFETCH = 4  # batches queued per worker
+_GROUP = 4  # batches per DataLoader item with workers (see _BatchSource)
+# Groups queued per worker. One keeps workers x _GROUP batches in flight, as many as before
+# grouping, and the shared-memory ring small; 2 measured the same CPU per batch.
+_PREFETCH = 1
 # With workers, a Batch's images stay valid until this many further batches are taken.
 _HOLD = 2
 
@@ -264,21 +278,28 @@ def to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+# x / 127.5 - 1 for every uint8 x, computed as the batches once were (float32 multiply by
+# 1/127.5, then subtract 1), so looking values up gives the same bits.
+_NORMALISED = torch.arange(256, dtype=torch.float32).mul_(1.0 / 127.5).sub_(1.0).numpy()
+_LUT_ELEMENTS = (1 << 18) - 1  # cv2.LUT runs on its thread pool from 2**18 elements
+
+
 def _normalise_into(images_uint8: np.ndarray, out: np.ndarray) -> None:
-    # One fused transpose+convert copy, then in-place scaling, on a single thread: torch's
-    # multi-threaded copy stalls badly when the cores are busy (measured 60 ms vs 1.7 ms per
-    # 16x128px batch on a loaded 2-core machine), and one thread is faster than numpy's
-    # three passes (0.57 vs 0.81 ms per batch).
-    threads = torch.get_num_threads()
-    if threads != 1:
-        torch.set_num_threads(1)
-    try:
-        dst = torch.from_numpy(out)
-        dst.copy_(torch.from_numpy(images_uint8).permute(0, 3, 1, 2))
-        dst.mul_(1.0 / 127.5).sub_(1.0)
-    finally:
-        if threads != 1:
-            torch.set_num_threads(threads)
+    # Per image: a uint8 HWC -> CHW copy, then a table lookup writing float32 straight into
+    # `out`. That is one pass over the 4x larger float32 output where torch's convert, scale
+    # and shift made three (0.72 vs 0.82 ms per 16x128px batch alone; with two workers the
+    # loader's CPU per batch fell 0.05-0.25 ms, more when other work shares the memory bus).
+    # Calls stay under cv2's threading threshold: multi-threaded copies stall badly when the
+    # cores are busy (torch's: 60 ms vs 1.7 ms per batch on a loaded 2-core machine).
+    n, h, w, c = images_uint8.shape
+    if out.shape != (n, c, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"need a contiguous float32 {(n, c, h, w)} output array")
+    step = max(1, _LUT_ELEMENTS // w)
+    for i in range(n):
+        planar = np.ascontiguousarray(images_uint8[i].transpose(2, 0, 1)).reshape(c * h, w)
+        dst = out[i].reshape(c * h, w)
+        for r in range(0, c * h, step):
+            cv2.LUT(planar[r:r + step], _NORMALISED, dst=dst[r:r + step])
 
 
 class _ShardReader:
@@ -475,30 +496,46 @@ class _Schedule:
 class _PlanSampler:
     """DataLoader sampler: the schedule from the stream's consumed position onwards.
 
-    The DataLoader calls `iter()` on it each time an iterator starts, so a restored stream
-    resumes from its restored position."""
+    With `group=None` (no workers) it yields one `_Plan` per item, otherwise tuples of
+    `group` consecutive plans. The DataLoader calls `iter()` on it each time an iterator
+    starts, so a restored stream resumes from its restored position, mid-group included
+    (groups then start at that step: they need no alignment)."""
 
-    def __init__(self, stream: TrainStream) -> None:
+    def __init__(self, stream: TrainStream, group: int | None) -> None:
         self._stream = stream
+        self._group = group
 
-    def __iter__(self) -> Iterator[_Plan]:
+    def __iter__(self) -> Iterator[_Plan] | Iterator[tuple[_Plan, ...]]:
         s = self._stream
-        return s._schedule.plans(s._step, s._epochs, s._positions)
+        plans = s._schedule.plans(s._step, s._epochs, s._positions)
+        if self._group is None:
+            return plans
+        group = self._group
+        return iter(lambda: tuple(itertools.islice(plans, group)), ())
 
 
 _FLIP = A.HorizontalFlip(p=1.0)
 
 
 class _BatchSource(Dataset):
-    """Map-style dataset whose "index" is a whole `_Plan`; runs in the DataLoader workers.
+    """Map-style dataset whose "index" is a `_Plan` (no workers) or a group of consecutive
+    plans (workers); runs in the DataLoader workers.
 
     With workers, normalised images are written into `ring`, a shared-memory tensor of
-    batch slots (slot = step % slots), and only the plan travels back: passing each batch
-    as a fresh shared tensor cost more CPU than reading and decoding it. The consumer hands
-    the slot out as it is (no copy; copying cost the main process 0.7 ms per 128 px batch,
-    a third of its loader time). The DataLoader has at most workers x prefetch batches in
-    flight beyond the one just returned, so with `slots = workers x prefetch + 1 + _HOLD`
-    a returned batch's slot is not rewritten until `_HOLD` more batches have been taken.
+    batch slots (slot = step % slots), and only the group's plans travel back: passing each
+    batch as a fresh shared tensor cost more CPU than reading and decoding it, and each
+    DataLoader item costs about 0.3 ms of queue traffic and wake-ups, hence groups. The
+    consumer hands slots out as they are (no copy; copying cost the main process 0.7 ms per
+    128 px batch, a third of its loader time).
+
+    Ring size, with groups of K batches and wp = workers x prefetch: once the consumer has
+    received a group, the DataLoader keeps at most wp later groups in flight (being
+    written), and sends the next one only when the consumer receives the following group.
+    Batch s must survive until s + _HOLD has been taken, i.e. until the group holding
+    s + _HOLD (which starts at or before it) has been received; the highest step in flight
+    then ends the wp-th group after it, below s + _HOLD + (wp + 1) x K. Slot s % slots is
+    next written for step s + slots, so `slots = (wp + 1) x K + _HOLD` keeps batch s intact
+    (K = 1 gives the ungrouped wp + 1 + _HOLD).
     """
 
     def __init__(self, readers: Sequence[_ShardReader], image_size: int, augment: bool) -> None:
@@ -510,27 +547,44 @@ class _BatchSource(Dataset):
     def __len__(self) -> int:  # the schedule is infinite; the sampler drives iteration
         return 2**62
 
-    def __getitem__(self, plan: _Plan) -> tuple[_Plan, str | None, np.ndarray | None]:
-        """(plan, error message or None, images unless they went into the ring)."""
+    def __getitem__(self, index: _Plan | tuple[_Plan, ...]) -> Any:
+        """No ring: (plan, error message or None, images or None).
+        Ring: (the plans whose images are now in the ring, error message or None); on an
+        error, the plans before the failing one, so the consumer raises at that batch."""
+        if self.ring is None:
+            images, error = self._load(index)
+            if images is None:
+                return index, error, None
+            size = self.image_size
+            out = np.empty((len(images), 3, size, size), dtype=np.float32)
+            _normalise_into(images, out)
+            return index, None, out
+        done = []
+        for plan in index:
+            images, error = self._load(plan)
+            if images is None:
+                return tuple(done), error
+            _normalise_into(images, self.ring[plan.step % len(self.ring)].numpy())
+            done.append(plan)
+        return tuple(done), None
+
+    def _load(self, plan: _Plan) -> tuple[np.ndarray | None, str | None]:
+        """(uint8 images, flipped as planned, None) or, when they cannot be read,
+        (None, error message)."""
+        reader = self.readers[plan.dataset]
         try:
-            images = self.readers[plan.dataset].read(plan.rows)
+            images = reader.read(plan.rows)
         except ShardError as exc:
             # Sent back as text: the DataLoader would re-raise it with a multi-line traceback.
-            return plan, str(exc), None
+            return None, str(exc)
         size = self.image_size
         if images.shape[1:] != (size, size, 3):
-            return plan, (f"{self.readers[plan.dataset].dataset} shards hold "
-                          f"{images.shape[1:]} images, the manifest says {size}px. "
-                          f"{_rerun_hint(self.readers[plan.dataset].dataset)}"), None
+            return None, (f"{reader.dataset} shards hold {images.shape[1:]} images, the "
+                          f"manifest says {size}px. {_rerun_hint(reader.dataset)}")
         if self.augment:
             for i in np.flatnonzero(plan.flips):
                 images[i] = _FLIP(image=images[i])["image"]
-        if self.ring is None:
-            out = np.empty((len(images), 3, size, size), dtype=np.float32)
-            _normalise_into(images, out)
-            return plan, None, out
-        _normalise_into(images, self.ring[plan.step % len(self.ring)].numpy())
-        return plan, None, None
+        return images, None
 
 
 def _identity(item: Any) -> Any:
@@ -598,6 +652,10 @@ class TrainStream:
         self._positions = [0] * len(datasets)
         self._loader: DataLoader | None = None
         self._it: Iterator | None = None
+        # With workers: plans of the current group not yet handed out (their images are in
+        # the ring), and the group's error, raised once they are.
+        self._ready: deque[_Plan] = deque()
+        self._error: str | None = None
         self._waited = 0.0
         self._started: float | None = None
 
@@ -610,15 +668,25 @@ class TrainStream:
             self._started = t0
         if self._it is None:
             self._it = iter(self._make_loader())
-        plan, error, images = next(self._it)
+            self._ready.clear()
+            self._error = None
+        if self.workers == 0:
+            plan, error, images = next(self._it)
+        else:
+            while not self._ready and self._error is None:
+                plans, self._error = next(self._it)
+                self._ready.extend(plans)
+            error = None if self._ready else self._error
+            if error is None:
+                plan = self._ready.popleft()
+                # In the ring, valid for _HOLD more batches (see _BatchSource).
+                ring = self._source.ring
+                images = ring[plan.step % len(ring)].numpy()
         if error is not None:
             self.close()
             raise ShardError(error)
         if plan.step != self._step:  # cannot happen unless the DataLoader reorders
             raise RuntimeError(f"loader returned step {plan.step}, expected {self._step}")
-        if images is None:  # in the ring, valid for _HOLD more batches (see _BatchSource)
-            ring = self._source.ring
-            images = ring[plan.step % len(ring)].numpy()
         self._step = plan.step + 1
         self._epochs[plan.dataset] = plan.epoch
         self._positions[plan.dataset] = plan.position
@@ -633,15 +701,18 @@ class TrainStream:
     def _make_loader(self) -> DataLoader:
         if self._loader is None:
             extra: dict[str, Any] = {}
+            group = None
             if self.workers > 0:
+                group = _GROUP
                 extra = {"persistent_workers": True, "prefetch_factor": _PREFETCH}
                 size = self._source.image_size
-                slots = self.workers * _PREFETCH + 1 + _HOLD
+                slots = (self.workers * _PREFETCH + 1) * group + _HOLD  # see _BatchSource
                 self._source.ring = torch.empty((slots, self.batch_size, 3, size, size),
                                                 dtype=torch.float32).share_memory_()
             self._loader = DataLoader(self._source, batch_size=None,
-                                      sampler=_PlanSampler(self), num_workers=self.workers,
-                                      collate_fn=_identity, pin_memory=False, **extra)
+                                      sampler=_PlanSampler(self, group),
+                                      num_workers=self.workers, collate_fn=_identity,
+                                      pin_memory=False, **extra)
         return self._loader
 
     def state_dict(self) -> dict:
@@ -679,6 +750,8 @@ class TrainStream:
     def close(self) -> None:
         """Stop the workers and close the files this process opened."""
         it, self._it = self._it, None
+        self._ready.clear()
+        self._error = None
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()

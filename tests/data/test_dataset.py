@@ -7,6 +7,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import time
 
 import h5py
 import numpy as np
@@ -304,6 +305,29 @@ def test_resume_is_exact(celeba, rafd, workers):
         assert second.state_dict()["epochs"] == [1, 1]
 
 
+def test_resume_mid_group_with_workers_matches_uninterrupted(celeba, rafd):
+    from starcli.data.dataset import _GROUP
+
+    # With workers, DataLoader items are groups of _GROUP batches; resuming from a state taken
+    # at every offset within a group continues exactly like an uninterrupted workers=0 stream.
+    layout = joint_layout([celeba, rafd])
+    total = 3 * _GROUP + 3
+    with TrainStream([celeba, rafd], layout, batch_size=32, seed=2, workers=0) as ref_stream:
+        reference = take(ref_stream, total)
+    states = []
+    with TrainStream([celeba, rafd], layout, batch_size=32, seed=2, workers=2) as first:
+        for _ in range(2 * _GROUP + 1):
+            next(first)
+            states.append(json.loads(json.dumps(first.state_dict())))
+        first.close()  # mid-group (unless _GROUP is 1): the next batch restarts the workers
+        assert_same(take(first, total - 2 * _GROUP - 1), reference[2 * _GROUP + 1:])
+    for cut in range(_GROUP + 1, 2 * _GROUP + 1):  # group offsets 1 .. _GROUP-1, then 0
+        assert states[cut - 1]["step"] == cut
+        with TrainStream([celeba, rafd], layout, batch_size=32, seed=2, workers=2) as resumed:
+            resumed.load_state_dict(states[cut - 1])
+            assert_same(take(resumed, total - cut), reference[cut:])
+
+
 def test_worker_batches_stay_valid_while_two_more_are_taken(celeba, rafd):
     layout = joint_layout([celeba, rafd])
     with TrainStream([celeba, rafd], layout, batch_size=16, seed=3, workers=0) as ref:
@@ -311,6 +335,7 @@ def test_worker_batches_stay_valid_while_two_more_are_taken(celeba, rafd):
     with TrainStream([celeba, rafd], layout, batch_size=16, seed=3, workers=2) as stream:
         held = [next(stream).images, next(stream).images]
         for i in range(2, 30):
+            time.sleep(0.005)  # a slow consumer: the workers fill every slot they may
             held.append(next(stream).images)
             # the batch taken two calls ago is untouched although the workers run ahead
             assert torch.equal(held[i - 2], expected[i - 2]), i
