@@ -85,7 +85,6 @@ class TrainConfig:
     g_down_num: int = 2  # stride-2 convs in G before its residual blocks; image_size must be
     #                     a multiple of 2**this
     d_repeat_num: int = 6  # strided convs in D; image_size must be a multiple of 2**this
-    g_residual: bool = False  # G predicts a change to its input (not in the paper)
     # Exponential moving average of G's weights (as StarGAN v2), kept beside G and used by
     # samples, translate and eval; 0 = off (the paper), e.g. 0.999 = a ~1,000-step horizon.
     g_ema: float = 0.0

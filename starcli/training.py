@@ -278,7 +278,7 @@ def _model_config(cfg: TrainConfig, layout: LabelLayout) -> ModelConfig:
     return ModelConfig(image_size=cfg.image_size, c_dim=layout.c_dim, cls_dim=layout.cls_dim,
                        g_conv_dim=cfg.g_conv_dim, d_conv_dim=cfg.d_conv_dim,
                        g_repeat_num=cfg.g_repeat_num, g_down_num=cfg.g_down_num,
-                       g_residual=cfg.g_residual, d_repeat_num=cfg.d_repeat_num)
+                       d_repeat_num=cfg.d_repeat_num)
 
 
 def describe_run(cfg: TrainConfig) -> RunPlan:

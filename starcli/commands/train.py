@@ -109,10 +109,6 @@ def train(
     g_down_num: Annotated[int | None, typer.Option(
         "--g-down-num", min=1, help="Stride-2 convs in G before its residual blocks (paper: 2).",
         show_default=False)] = None,
-    g_residual: Annotated[bool | None, typer.Option(
-        "--g-residual/--no-g-residual", help="G predicts a change to its input "
-        "(tanh(atanh(x) + G's output)) instead of a whole image. Not in the paper.",
-        show_default=False)] = None,
     g_ema: Annotated[float | None, typer.Option(
         "--g-ema", min=0.0, max=0.9999999, help="Keep a moving average of G's weights with "
         "this decay (e.g. 0.999) for samples, translate and eval; 0 turns it off.",
@@ -197,7 +193,7 @@ def train(
         n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
         g_lr=g_lr, d_lr=d_lr, lr_decay_iters=lr_decay_iters, g_conv_dim=g_conv_dim,
         d_conv_dim=d_conv_dim, g_repeat_num=g_repeat_num, g_down_num=g_down_num,
-        g_residual=g_residual, g_ema=g_ema, d_repeat_num=d_repeat_num,
+        g_ema=g_ema, d_repeat_num=d_repeat_num,
         precision=precision, channels_last=channels_last, compile=compile_, device=device,
         workers=workers, seed=seed, run_dir=run_dir, sample_every=sample_every,
         save_every=save_every, log_every=log_every, keep_last=keep,

@@ -23,8 +23,6 @@ __all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualBlock", "count_
 
 # D's LeakyReLU slope, from the paper.
 LEAKY_SLOPE = 0.01
-# --g-residual: inputs are clamped to +-this before atanh (atanh(0.999) = 3.8, finite).
-_RESIDUAL_EDGE = 0.999
 
 
 @dataclass(frozen=True)
@@ -43,20 +41,12 @@ class ModelConfig:
     d_conv_dim: int = 64  # width of D's first conv (doubled by every strided conv)
     g_repeat_num: int = 6  # residual blocks in G
     g_down_num: int = 2  # stride-2 convs in G before the residual blocks (paper: 2)
-    # G predicts a change to its input instead of a whole image (not in the paper):
-    # out = tanh(atanh(x) + conv(h)). Instance norm erases flat colours (plain backgrounds);
-    # with the input carried around the network G only has to draw what changes.
-    g_residual: bool = False
     d_repeat_num: int = 6  # stride-2 convs in D (the final map is image_size / 2**d_repeat_num)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "cls_dim" and value is None:
-                continue
-            if f.name == "g_residual":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"g_residual must be true or false, got {value!r}.")
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{_flag(f.name)} must be an integer, got {value!r}.")
@@ -94,7 +84,7 @@ class ModelConfig:
         """Side of D's final feature map, which is also the classifier head's kernel size."""
         return self.image_size // 2**self.d_repeat_num
 
-    def to_dict(self) -> dict[str, int | bool]:
+    def to_dict(self) -> dict[str, int]:
         """A JSON-ready dict with every field explicit."""
         return asdict(self)
 
@@ -193,12 +183,7 @@ class Generator(nn.Module):
         h_ = self.blocks(h_)
         for layer in self.up:
             h_ = layer(h_)
-        out = self.to_rgb(h_)
-        if self.cfg.g_residual:
-            # in tanh's logit space, so the sum stays in (-1, 1) without clipping gradients
-            base = torch.atanh(x.float().clamp(-_RESIDUAL_EDGE, _RESIDUAL_EDGE))
-            return torch.tanh(base + out.float())
-        return torch.tanh(out)
+        return torch.tanh(self.to_rgb(h_))
 
 
 class Discriminator(nn.Module):

@@ -78,27 +78,6 @@ def test_generator_down_sampling_depth(down):
     assert ModelConfig.from_dict(legacy).g_down_num == 2
 
 
-def test_residual_generator_starts_from_its_input():
-    cfg = dataclasses.replace(TINY, g_residual=True)
-    g = Generator(cfg)
-    # a zero change leaves the input as it is, flat background colours included
-    with torch.no_grad():
-        g.to_rgb.weight.zero_()
-    x = torch.rand(2, 3, 32, 32) * 1.8 - 0.9
-    x[0, :, :8] = torch.tensor([0.4, -0.3, 0.9])[:, None, None]
-    y = g(x, torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
-    assert torch.allclose(y, x, atol=1e-5)
-    # extreme inputs stay finite and the output stays inside (-1, 1)
-    with torch.no_grad():
-        g.to_rgb.weight.normal_()
-    edge = torch.ones(1, 3, 32, 32)
-    out = g(edge, torch.tensor([[0.0, 0, 1]]))
-    assert torch.isfinite(out).all() and out.abs().max() <= 1
-    with pytest.raises(ConfigError, match="g_residual"):
-        ModelConfig(g_residual=1)  # type: ignore[arg-type]
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
-
-
 def test_joint_config_classifier_width():
     cfg = ModelConfig(image_size=32, c_dim=15, cls_dim=13, g_conv_dim=4, d_conv_dim=4,
                       g_repeat_num=1, d_repeat_num=2)
