@@ -209,9 +209,8 @@ def starcli_runner(case: Case, home: Path, seed: int, precision: str, workers: i
         batch = next(it)
         waited = time.perf_counter() - t0
         state["i"] += 1
-        x = batch.images
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = batch.images.contiguous(memory_format=torch.channels_last if rt.channels_last
+                                    else torch.contiguous_format)
         step_fn(state["i"], x, batch.labels, batch.c, batch.space_index)
         return waited
 

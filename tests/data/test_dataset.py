@@ -254,7 +254,8 @@ def test_batches_are_normalised_labelled_and_flips_mirror(celeba, rafd):
         plain.update({int(r): img for r, img in zip(rows, images, strict=True)})
     n_flipped = 0
     for b in batches:
-        assert b.images.shape == (32, 3, SIZE, SIZE) and b.images.is_contiguous()
+        assert b.images.shape == (32, 3, SIZE, SIZE)
+        assert b.images.is_contiguous(memory_format=torch.channels_last)
         assert b.images.min() >= -1 and b.images.max() <= 1
         rows, tags, flipped = _decode(b.images)
         np.testing.assert_array_equal(rows, b.indices.numpy())
