@@ -209,8 +209,7 @@ def starcli_runner(case: Case, home: Path, seed: int, precision: str, workers: i
         batch = next(it)
         waited = time.perf_counter() - t0
         state["i"] += 1
-        x = batch.images.contiguous(memory_format=torch.channels_last if rt.channels_last
-                                    else torch.contiguous_format)
+        x = batch.model_input("cpu", rt.channels_last)
         step_fn(state["i"], x, batch.labels, batch.c, batch.space_index)
         return waited
 

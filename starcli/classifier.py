@@ -251,7 +251,7 @@ def train_classifier(prepared: PreparedDataset, *, epochs: int | None = None, se
                                                 total=steps, unit="steps") as task:
             for _ in range(steps):
                 batch = next(stream)
-                logits = model(batch.images.to(dev).contiguous())
+                logits = model(batch.model_input(dev))
                 target = batch.labels.to(dev)
                 if cfg.kind == "multilabel":
                     loss = F.binary_cross_entropy_with_logits(logits, target)

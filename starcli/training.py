@@ -1246,9 +1246,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                 waited = time.perf_counter() - t0
                 wait_window += waited
                 total_wait += waited
-                images = batch.images.to(device, non_blocking=True)  # channels_last memory
-                images = images.contiguous(memory_format=torch.channels_last
-                                           if rt.channels_last else torch.contiguous_format)
+                images = batch.model_input(device, rt.channels_last)
                 values = step_fn(step, images, batch.labels.to(device),
                                  batch.c.to(device), batch.space_index)
                 meter.add(step, batch.space_index, values)

@@ -285,6 +285,15 @@ _NORMALISED = torch.arange(256, dtype=torch.float32).mul_(1.0 / 127.5).sub_(1.0)
 _LUT_ELEMENTS = (1 << 18) - 1  # cv2.LUT runs on its thread pool from 2**18 elements
 
 
+def _lookup(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst[i, j] = _NORMALISED[src[i, j]] for 2-D uint8 `src` and float32 `dst`, in row
+    blocks under cv2's threading threshold: multi-threaded copies stall badly when the cores
+    are busy (torch's: 60 ms vs 1.7 ms per batch on a loaded 2-core machine)."""
+    step = max(1, _LUT_ELEMENTS // src.shape[1])
+    for r in range(0, src.shape[0], step):
+        cv2.LUT(src[r:r + step], _NORMALISED, dst=dst[r:r + step])
+
+
 def _normalise_nhwc(images_uint8: np.ndarray, out: np.ndarray) -> None:
     """uint8 (n, H, W, C) -> float32 (n, H, W, C) in [-1, 1], same values as to_tensor.
 
@@ -294,29 +303,19 @@ def _normalise_nhwc(images_uint8: np.ndarray, out: np.ndarray) -> None:
     if out.shape != images_uint8.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"need a contiguous float32 {images_uint8.shape} output array")
     row = int(np.prod(images_uint8.shape[2:], dtype=np.int64))
-    src = np.ascontiguousarray(images_uint8).reshape(-1, row)
-    dst = out.reshape(-1, row)
-    step = max(1, _LUT_ELEMENTS // row)
-    for r in range(0, src.shape[0], step):
-        cv2.LUT(src[r:r + step], _NORMALISED, dst=dst[r:r + step])
+    _lookup(np.ascontiguousarray(images_uint8).reshape(-1, row), out.reshape(-1, row))
 
 
 def _normalise_into(images_uint8: np.ndarray, out: np.ndarray) -> None:
     # Per image: a uint8 HWC -> CHW copy, then a table lookup writing float32 straight into
     # `out`. That is one pass over the 4x larger float32 output where torch's convert, scale
-    # and shift made three (0.72 vs 0.82 ms per 16x128px batch alone; with two workers the
-    # loader's CPU per batch fell 0.05-0.25 ms, more when other work shares the memory bus).
-    # Calls stay under cv2's threading threshold: multi-threaded copies stall badly when the
-    # cores are busy (torch's: 60 ms vs 1.7 ms per batch on a loaded 2-core machine).
+    # and shift made three (0.72 vs 0.82 ms per 16x128px batch).
     n, h, w, c = images_uint8.shape
     if out.shape != (n, c, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"need a contiguous float32 {(n, c, h, w)} output array")
-    step = max(1, _LUT_ELEMENTS // w)
     for i in range(n):
         planar = np.ascontiguousarray(images_uint8[i].transpose(2, 0, 1)).reshape(c * h, w)
-        dst = out[i].reshape(c * h, w)
-        for r in range(0, c * h, step):
-            cv2.LUT(planar[r:r + step], _NORMALISED, dst=dst[r:r + step])
+        _lookup(planar, out[i].reshape(c * h, w))
 
 
 class _ShardReader:
@@ -441,6 +440,13 @@ class Batch:
     c: torch.Tensor  # float32 (N, layout.c_dim), mask included
     space_index: int
     indices: torch.Tensor  # int64 (N,) rows within the dataset's split
+
+    def model_input(self, device: torch.device | str = "cpu",
+                    channels_last: bool = False) -> torch.Tensor:
+        """`images` on `device` in the memory format the model runs in (NCHW unless
+        `channels_last`). Like `images`, it may still be a view of the loader's ring."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return self.images.to(device, non_blocking=True).contiguous(memory_format=fmt)
 
 
 @dataclass(frozen=True)
