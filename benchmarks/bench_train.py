@@ -196,7 +196,7 @@ def starcli_runner(case: Case, home: Path, seed: int, precision: str, workers: i
     G, D = Generator(mc), Discriminator(mc)
     if rt.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G, D=D, D_eager=D,
+    step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G, D=D, D_eager=D, D_g=D,
                     opt_g=_adam(G.parameters(), cfg.g_lr, cfg, rt.device),
                     opt_d=_adam(D.parameters(), cfg.d_lr, cfg, rt.device),
                     gen=torch.Generator().manual_seed(seed), d_steps=[0])
