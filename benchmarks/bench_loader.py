@@ -10,13 +10,19 @@ number of DataLoader workers, run side by side in this process:
   (flip by schedule, normalised on the whole batch).
 
     python benchmarks/bench_loader.py                    # 3000 faces, workers 0 and 2
-    python benchmarks/bench_loader.py --images 1000 --workers 0 --batches 50
+    python benchmarks/bench_loader.py --images 1000 --workers 0 --seconds 1
 
 The faces come from starcli's synthetic demo-celeba generator and are packed by
-`starcli prepare` (each falls back to a simple stand-in here when missing). Throughput counts
-batches after the first one (worker start-up is excluded for both). The CPU columns add up
-the CPU time of this process and its workers per batch: on a machine shared with other work
-they compare the pipelines more fairly than wall time. On a busy machine torch's default
+`starcli prepare` (each falls back to a simple stand-in here when missing).
+
+Both sides are measured in steady state, as a long training run sees them: the first
+`--warmup` seconds (worker start-up and the first prefetches) are not counted, then batches
+are counted for at least `--seconds` and at least `--batches` batches. The official loader
+keeps its workers between epochs (`persistent_workers`): with a few thousand faces an epoch
+is ~190 batches, and re-spawning workers that often would slow the baseline far more than on
+CelebA's 12,600 batches per epoch. The CPU columns add up the CPU time of this process and
+its workers per batch: on a machine shared with other work they compare the pipelines more
+fairly than wall time. On a busy machine torch's default
 OpenMP threads slow the official workers=0 run several-fold; `--torch-threads 1` removes that.
 """
 
@@ -161,17 +167,28 @@ def cpu_seconds() -> float:
     return total
 
 
-def timed(batches, count: int) -> tuple[float, float]:
-    """(images/s, CPU ms per batch summed over all processes) over `count` batches, after
-    one warm-up batch. CPU time is a fairer comparison than wall time on a busy machine."""
+def timed(batches, warmup: float, seconds: float, at_least: int) -> tuple[float, float]:
+    """(images/s, CPU ms per batch summed over all processes) in steady state: batches taken
+    during the first `warmup` seconds (at least one) are not counted; then at least `at_least`
+    batches over at least `seconds`. CPU time is a fairer comparison than wall time on a busy
+    machine."""
     it = iter(batches)
-    next(it)
-    n, t0, c0 = 0, time.perf_counter(), cpu_seconds()
-    for _ in range(count):
+
+    def take() -> int:
         item = next(it)
         images = item.images if hasattr(item, "images") else item[0]
         assert images.shape[1:] == (3, SIZE, SIZE)
-        n += images.shape[0]
+        return images.shape[0]
+
+    start = time.perf_counter()
+    take()
+    while time.perf_counter() - start < warmup:
+        take()
+    n = count = 0
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    while count < at_least or time.perf_counter() - t0 < seconds:
+        n += take()
+        count += 1
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     return n / wall, 1000 * cpu / count
 
@@ -185,7 +202,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000, help="synthetic faces (default 3000)")
     parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
-    parser.add_argument("--batches", type=int, default=150, help="timed batches per run")
+    parser.add_argument("--batches", type=int, default=100,
+                        help="timed batches per run, at least (default 100)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="timed seconds per run, at least (default 2)")
+    parser.add_argument("--warmup", type=float, default=0.5,
+                        help="seconds of batches not counted at the start of a run (default 0.5)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the JPEGs and shards here (reused when present)")
     parser.add_argument("--repeat", type=int, default=3,
@@ -237,13 +259,14 @@ def main() -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
         ref = ours = (0.0, float("inf"))
         for run in range(args.repeat):
-            loader = DataLoader(official, batch_size=BATCH, shuffle=True, num_workers=workers)
-            got = timed(cycle(loader), args.batches)
+            loader = DataLoader(official, batch_size=BATCH, shuffle=True, num_workers=workers,
+                                persistent_workers=workers > 0)
+            got = timed(cycle(loader), args.warmup, args.seconds, args.batches)
             ref = (max(ref[0], got[0]), min(ref[1], got[1]))
             del loader
             stream = TrainStream([dataset], layout, batch_size=BATCH, workers=workers,
                                  seed=run)
-            got = timed(stream, args.batches)
+            got = timed(stream, args.warmup, args.seconds, args.batches)
             ours = (max(ours[0], got[0]), min(ours[1], got[1]))
             stream.close()
         results.append({"workers": workers, "official_images_per_s": round(ref[0], 1),
