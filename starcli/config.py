@@ -32,7 +32,7 @@ from typing import Any
 
 from starcli.errors import ConfigError
 
-__all__ = ["TrainConfig", "PRESETS", "ADV_LOSSES", "PRECISIONS", "ADAM_IMPLS",
+__all__ = ["TrainConfig", "check_image_size", "PRESETS", "ADV_LOSSES", "PRECISIONS", "ADAM_IMPLS",
            "DEFAULT_JOINT_DATASETS", "load_run_config", "RESUME_OVERRIDABLE"]
 
 ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
@@ -180,19 +180,7 @@ class TrainConfig:
             raise ConfigError("--precision fp16 needs a CUDA device (it uses a gradient scaler); "
                               "use --precision bf16 on a CPU.")
         _check_int("image_size", self.image_size, minimum=4)
-        g_stride = 2 ** self.g_down_num
-        if self.image_size % g_stride:
-            raise ConfigError(f"--image-size must be a multiple of {g_stride} (G down-samples "
-                              f"{self.g_down_num} times), got {self.image_size}.")
-        stride = 2 ** self.d_repeat_num
-        if self.image_size % stride:
-            deepest = _max_depth(self.image_size)
-            raise ConfigError(
-                f"the discriminator is too deep for --image-size {self.image_size}: "
-                f"d_repeat_num {self.d_repeat_num} halves it {self.d_repeat_num} times, which "
-                f"needs a multiple of {stride}; use d_repeat_num <= {deepest} or a larger "
-                "--image-size."
-            )
+        check_image_size(self.image_size, self.g_down_num, self.d_repeat_num)
 
     # -- construction ---------------------------------------------------------------------
 
@@ -282,11 +270,23 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{_flag(name)} must be at least {minimum}, got {value}.")
 
 
-def _max_depth(image_size: int) -> int:
-    depth = 0
-    while image_size % 2 ** (depth + 1) == 0:
-        depth += 1
-    return depth
+def check_image_size(image_size: int, g_down_num: int, d_repeat_num: int) -> None:
+    """ConfigError unless G's and D's stride-2 convs divide `image_size` evenly (shared by
+    TrainConfig and the model config that checkpoints carry)."""
+    g_stride = 2 ** g_down_num
+    if image_size < g_stride or image_size % g_stride:
+        raise ConfigError(f"--image-size must be a positive multiple of {g_stride} (G "
+                          f"down-samples {g_down_num} times), got {image_size}.")
+    stride = 2 ** d_repeat_num
+    if image_size % stride:
+        deepest = 0
+        while image_size % 2 ** (deepest + 1) == 0:
+            deepest += 1
+        raise ConfigError(
+            f"the discriminator is too deep for --image-size {image_size}: --d-repeat-num "
+            f"{d_repeat_num} halves it {d_repeat_num} times, which needs a multiple of "
+            f"{stride}; use --d-repeat-num <= {deepest} or a larger --image-size."
+        )
 
 
 # Every field a preset sets; anything not listed keeps the dataclass default.

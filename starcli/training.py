@@ -428,9 +428,9 @@ class _Step:
     gen: torch.Generator  # target-label shuffles
     scaler_g: Any = None
     scaler_d: Any = None
-    # Moving average of G (cfg.g_ema > 0): `ema_params` follow `g_params` after each G step.
-    ema_params: list[torch.Tensor] | None = None
-    g_params: list[torch.Tensor] | None = None
+    # Moving average of G (cfg.g_ema > 0): (averaged parameters, G's parameters); the first
+    # follow the second after each G step.
+    ema: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
     # D steps taken per label space: G steps every n_critic-th batch *of each dataset*, so
     # strict alternation with an even n_critic cannot starve one dataset of G updates.
     d_steps: list[int] = field(default_factory=list)
@@ -498,9 +498,9 @@ class _Step:
                 g_loss = g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec
             self.opt_g.zero_grad(set_to_none=True)
             _backward_step(g_loss, self.opt_g, self.scaler_g)
-            if self.ema_params is not None:
+            if self.ema is not None:
                 with torch.no_grad():
-                    torch._foreach_lerp_(self.ema_params, self.g_params, 1.0 - cfg.g_ema)
+                    torch._foreach_lerp_(*self.ema, 1.0 - cfg.g_ema)
             out.update({"G/loss": g_loss.detach(), "G/adv": g_adv.detach(),
                         "G/cls": g_cls.detach(), "G/rec": g_rec.detach(),
                         "G/acc_fake": _accuracy(cls_fake.detach().float(), label_trg, kind)})
@@ -1151,12 +1151,6 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     if resume_dir is not None:
         load_weights(G, resume_dir / "G.safetensors")
         load_weights(D, resume_dir / "D.safetensors")
-    G_ema = None
-    if cfg.g_ema > 0:
-        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        if resume_dir is not None and (resume_dir / EMA_FILE).is_file():
-            load_weights(G_ema, resume_dir / EMA_FILE)
-    if resume_dir is not None:
         state = load_training_state(resume_dir)
         try:
             _load_optimizer(opt_g, state["opt_g"])
@@ -1174,6 +1168,11 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
         if start >= cfg.iters:
             warn(f"the checkpoint is at step {start}, which reaches --iters {cfg.iters}; "
                  "nothing to train (pass a larger --iters to continue).")
+    G_ema = None
+    if cfg.g_ema > 0:  # starts as G, or as the checkpoint's average when it has one
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        if resume_dir is not None and (resume_dir / EMA_FILE).is_file():
+            load_weights(G_ema, resume_dir / EMA_FILE)
     if run_dir is None:
         run_dir = _shared_run_dir(cfg, rt)
 
@@ -1181,8 +1180,8 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G_t, D=D_t, D_eager=D, D_g=D_g, opt_g=opt_g,
                     opt_d=opt_d, gen=gen, scaler_g=scaler_g, scaler_d=scaler_d,
                     d_steps=d_steps,
-                    ema_params=list(G_ema.parameters()) if G_ema is not None else None,
-                    g_params=list(G.parameters()) if G_ema is not None else None)
+                    ema=None if G_ema is None else (list(G_ema.parameters()),
+                                                    list(G.parameters())))
     sampler = _Sampler(datasets, layout, device) if rt.is_main else None
     io = _RunIO(run_dir, rt.is_main, warn)
     env = _environment(cfg, rt) if rt.is_main else {}

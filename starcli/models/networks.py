@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from starcli.config import check_image_size
 from starcli.errors import ConfigError
 
 __all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualBlock", "count_parameters"]
@@ -65,19 +66,7 @@ class ModelConfig:
                 f"cls_dim ({self.cls_dim}) cannot exceed c_dim ({self.c_dim}): D classifies "
                 "at most the labels G receives."
             )
-        g_stride = 2**self.g_down_num
-        if self.image_size < g_stride or self.image_size % g_stride:
-            raise ConfigError(
-                f"--image-size must be a positive multiple of {g_stride} (G down-samples "
-                f"{self.g_down_num} times), got {self.image_size}."
-            )
-        stride = 2**self.d_repeat_num
-        if self.image_size % stride:
-            raise ConfigError(
-                f"--d-repeat-num {self.d_repeat_num} halves the image {self.d_repeat_num} times, "
-                f"so --image-size must be a multiple of {stride} (got {self.image_size}); use a "
-                f"smaller --d-repeat-num or another --image-size."
-            )
+        check_image_size(self.image_size, self.g_down_num, self.d_repeat_num)
 
     @property
     def cls_kernel(self) -> int:
