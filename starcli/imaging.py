@@ -11,6 +11,7 @@ with a reason too, so a caller can list every file it skipped.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageSkipped", "InputFile", "Skipped",
-           "load_image", "walk_inputs", "centre_square"]
+           "load_image", "walk_inputs", "centre_square", "printable_path"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
                     ".ppm", ".pgm", ".pnm", ".jfif")
@@ -55,6 +56,25 @@ class InputFile:
 class Skipped:
     path: Path
     reason: str
+
+
+def printable_path(path: Path | str) -> str:
+    """`path` as text that is valid UTF-8, for manifests and messages.
+
+    Python keeps the bytes of a file name that is not UTF-8 as lone surrogates, which no
+    UTF-8 file (and no strict JSON parser) accepts; each such byte is written as \\xNN
+    instead (b"caf\\xe9.jpg" -> "caf\\xe9.jpg"), the same everywhere.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that did not come from a file name's bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _megapixels(n: int) -> str:
@@ -197,6 +217,12 @@ def walk_inputs(inputs: Iterable[Path]) -> tuple[list[InputFile], list[Skipped]]
         except OSError as exc:
             reason = "broken symbolic link" if path.is_symlink() else (exc.strerror or str(exc))
             skipped.append(Skipped(path, reason))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            # Never opened: reading a named pipe blocks until someone writes to it.
+            kind = "a named pipe" if stat.S_ISFIFO(st.st_mode) else \
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+            skipped.append(Skipped(path, f"not a regular file ({kind})"))
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_files:

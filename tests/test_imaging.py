@@ -146,3 +146,25 @@ def test_centre_square():
     a = np.arange(6 * 10).reshape(6, 10, 1)
     sq = centre_square(a)
     assert sq.shape == (6, 6, 1) and sq[0, 0, 0] == 2
+
+
+def test_named_pipes_and_devices_are_skipped_without_being_opened(tmp_path):
+    """Opening a FIFO blocks until someone writes to it: a folder walk must never try."""
+    d = tmp_path / "in"
+    d.mkdir()
+    os.mkfifo(d / "pipe.jpg")
+    Image.fromarray(_rgb()).save(d / "ok.png")
+    items, skipped = walk_inputs([d, d / "pipe.jpg", Path("/dev/null")])
+    assert [i.path.name for i in items] == ["ok.png"]
+    assert sorted((s.path.name, s.reason) for s in skipped) == [
+        ("null", "not a regular file (a device)"),
+        ("pipe.jpg", "not a regular file (a named pipe)"),  # found in the folder
+        ("pipe.jpg", "not a regular file (a named pipe)")]  # and named as an argument
+
+
+def test_printable_path_escapes_bytes_that_are_not_utf8():
+    from starcli.imaging import printable_path
+
+    assert printable_path(Path("a/é.png")) == "a/é.png"
+    assert printable_path(os.fsdecode(b"dir/caf\xe9-\xff.jpg")) == "dir/caf\\xe9-\\xff.jpg"
+    assert printable_path("\ud800x").encode("utf-8") == b"\\ud800x"
