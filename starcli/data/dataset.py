@@ -201,8 +201,10 @@ class PreparedDataset:
                 task.advance(int(entry["count"]))
 
 
-def _sizes_prepared(home: Path, name: str) -> list[int]:
-    root = prepared_root(home, name)
+def prepared_sizes(home: Path, name: str) -> list[int]:
+    """Image sizes at which `name` is prepared under `home` (a size folder with its manifest,
+    which prepare writes last), smallest first."""
+    root = prepared_root(Path(home), name)
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir()
@@ -211,7 +213,7 @@ def _sizes_prepared(home: Path, name: str) -> list[int]:
 
 def open_prepared(home: Path, name: str, image_size: int | None = None) -> PreparedDataset:
     """The prepared dataset `name` under `home` (at `image_size`, or the only size prepared)."""
-    sizes = _sizes_prepared(Path(home), name)
+    sizes = prepared_sizes(Path(home), name)
     if image_size is None:
         if not sizes:
             raise DatasetNotFoundError(f"{name} is not prepared. "
@@ -797,4 +799,4 @@ class TrainStream:
 
 
 __all__ = ["Batch", "PreparedDataset", "TrainStream", "content_sha256", "iterate_split",
-           "joint_layout", "open_prepared", "to_tensor"]
+           "joint_layout", "open_prepared", "prepared_sizes", "to_tensor"]

@@ -99,3 +99,21 @@ def test_grid_needs_a_prepared_copy(data, tmp_path):
     with pytest.raises(DatasetNotFoundError, match="--size 128"):
         show_dataset(data, "demo-celeba", grid=tmp_path / "x.png", size=128)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_prepared_sizes_lists_sizes_with_a_manifest_only(data, tmp_path):
+    from starcli.data.dataset import prepared_sizes
+
+    assert prepared_sizes(data, "demo-celeba") == [64]
+    assert prepared_sizes(data, "demo-rafd") == [32]
+    assert prepared_sizes(data, "nothing-here") == []
+    home = tmp_path / "home"
+    shutil.copytree(data / "prepared" / "demo-rafd", home / "prepared" / "demo-rafd" / "128")
+    shutil.copytree(data / "prepared" / "demo-rafd" / "32", home / "prepared" / "demo-rafd" / "16")
+    (home / "prepared" / "demo-rafd" / "128" / "32" / "manifest.json").unlink()
+    (home / "prepared" / "demo-rafd" / "notes").mkdir()
+    # 128/ holds a size folder, not a manifest: unfinished, so not listed. Sorted as numbers.
+    assert prepared_sizes(str(home), "demo-rafd") == [16]
+    shutil.copy(data / "prepared" / "demo-rafd" / "32" / "manifest.json",
+                home / "prepared" / "demo-rafd" / "128" / "manifest.json")
+    assert prepared_sizes(home, "demo-rafd") == [16, 128]
