@@ -15,7 +15,6 @@ deterministic, so a resumed run ends with the same content checksums as an unint
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
@@ -23,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import posixpath
 import random
 import re
 import time
@@ -43,12 +43,14 @@ from starcli import __version__
 from starcli.data.labels import LabelSpace, did_you_mean
 from starcli.data.rafd import parse_rafd_name
 from starcli.data.registry import DatasetSpec, load_registry
+from starcli.data.tables import read_celeba_attributes, read_celeba_partition, read_label_csv
 from starcli.errors import (
     ConfigError,
     DatasetNotFoundError,
     StarcliError,
     UsageError,
 )
+from starcli.imaging import DEFAULT_MAX_PIXELS
 from starcli.paths import prepared_dir, raw_dir
 from starcli.progress import Progress, log, progress_task
 from starcli.utils import atomic_write_json, fsync_path
@@ -176,11 +178,20 @@ def _multilabel_table(dataset: str, fmt: str, columns: list[str], selected: list
             "selected_columns": [columns.index(n) for n in selected], "aliases": aliases}
 
 
-def _read_text(path: Path) -> str:
+def _shown(name: str) -> str:
+    """A file name as text that can be stored and printed: bytes that are not UTF-8 (kept by
+    Python as lone surrogates, which HDF5, JSON readers and terminals refuse) become \\xNN,
+    as `ls -b` shows them. Valid names are unchanged; the file on disk is still read by its
+    real name."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise DatasetNotFoundError(f"Cannot read {path} ({exc.strerror or exc}).") from None
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _is_text(name: str) -> bool:
+    return _shown(name) == name
 
 
 def _file_names(folder: Path) -> set[str]:
@@ -205,54 +216,38 @@ def _plan_celeba(cfg: PrepareConfig, spec: DatasetSpec, registry_aliases) -> _Pl
     selected = _selected(known, cfg.attrs if cfg.attrs is not None
                          else (spec.default_selected or None))
 
-    # The official code reads lines with rstrip and shuffles lines[2:]; keep empty lines in
-    # the shuffle so `--split stargan` draws exactly the same permutation.
-    lines = [ln.rstrip() for ln in _read_text(attr_file).splitlines()]
-    header = lines[1].split() if len(lines) > 1 else []
-    if header != known:
-        missing = [n for n in known if n not in header]
-        raise DatasetNotFoundError(
-            f"{attr_file}: the header line does not list the {len(known)} attributes of "
-            f"{spec.name} (missing {', '.join(missing[:3]) or 'none'}; order or count "
-            f"differs). {refetch}")
-    body = lines[2:]
-    width = len(header) + 1
-
+    attrs = read_celeba_attributes(attr_file, known, fix=refetch, error=DatasetNotFoundError)
+    n_lines = len(attrs.files)
     if cfg.split == "official":
         part_file = raw / "list_eval_partition.txt"
         if not part_file.is_file():
             raise DatasetNotFoundError(
                 f"{part_file} is missing (needed by --split official). Re-run "
                 f"`starcli fetch {spec.name} --force` or use --split stargan.")
-        tokens = _read_text(part_file).split()  # CRLF or LF: never split on "\n"
-        partition = dict(zip(tokens[0::2], tokens[1::2], strict=False))
-        split_of = {"0": "train", "1": "valid", "2": "test"}
-        order = range(len(body))
+        partition = read_celeba_partition(part_file, fix=refetch, error=DatasetNotFoundError)
+        order = range(n_lines)
     else:
         params = spec.splits.get("stargan", {}) if isinstance(spec.splits, dict) else {}
         seed, n_test = int(params.get("seed", 1234)), int(params.get("test", 1999))
-        order = list(range(len(body)))
+        # The official code shuffles lines[2:] of the file, blank lines included.
         # random.shuffle's permutation depends only on the length, so shuffling positions
         # reproduces the official `random.seed(1234); random.shuffle(lines)`.
+        order = list(range(n_lines))
         random.Random(seed).shuffle(order)
 
     present = _file_names(images)
-    rows: dict[str, tuple[list[str], list[str]]] = {s: ([], []) for s in SPLIT_ORDER}
+    rows: dict[str, list[int]] = {s: [] for s in SPLIT_ORDER}  # attribute-list rows per split
     skipped: list[dict[str, str]] = []
     for i, pos in enumerate(order):
-        parts = body[pos].split()
-        if not parts:
+        name = attrs.files[pos]
+        if name is None:
             continue
-        name = parts[0]
-        # One "0"/"1" character per attribute: 40 bytes a row instead of 40 str objects
-        # (8 million of them for CelebA would cost ~0.5 GB while planning).
-        bits = "".join(parts[1:]).replace("-1", "0")
-        if len(parts) != width or len(bits) != width - 1 or bits.strip("01"):
-            skipped.append({"file": name, "reason": f"malformed line {pos + 3} in "
+        if attrs.malformed[pos]:
+            skipped.append({"file": name, "reason": f"malformed line {attrs.line_of(pos)} in "
                                                     "list_attr_celeba.txt"})
             continue
         if cfg.split == "official":
-            split = split_of.get(partition.get(name, ""))
+            split = partition.get(name)
             if split is None:
                 skipped.append({"file": name, "reason": "not in list_eval_partition.txt"})
                 continue
@@ -261,18 +256,14 @@ def _plan_celeba(cfg: PrepareConfig, spec: DatasetSpec, registry_aliases) -> _Pl
         if name not in present:
             skipped.append({"file": name, "reason": "missing file"})
             continue
-        rows[split][0].append(name)
-        rows[split][1].append(bits)
+        rows[split].append(pos)
 
-    splits = {}
-    for split, (names, bit_rows) in rows.items():
-        if names:
-            values = np.frombuffer("".join(bit_rows).encode("ascii"), np.uint8) - ord("0")
-            splits[split] = _Split(names, {"attributes": values.reshape(len(names), -1)})
+    splits = {split: _Split([attrs.files[p] for p in picked], {"attributes": attrs.bits[picked]})
+              for split, picked in rows.items() if picked}
     if cfg.split == "official":
-        _check_official_counts(spec, splits, len(body))
+        _check_official_counts(spec, splits, n_lines)
 
-    table = _multilabel_table(spec.name, spec.format, header, selected, spec.exclusive_groups,
+    table = _multilabel_table(spec.name, spec.format, known, selected, spec.exclusive_groups,
                               _aliases(spec.format, registry_aliases))
     return _Plan(dataset=spec.name, format=spec.format, base=images,
                  crop=cfg.crop or spec.default_crop or 178, splits=splits, label_table=table,
@@ -314,15 +305,16 @@ def _plan_rafd(cfg: PrepareConfig, spec: DatasetSpec, registry_aliases) -> _Plan
     records, skipped, seen, filtered = [], [], set(), 0
     for path in sorted(_walk_images(raw)):
         rel = path.relative_to(raw).as_posix()
+        shown = _shown(rel)
         parsed, reason = parse_rafd_name(path.name, spec)
         if parsed is None:
-            skipped.append({"file": rel, "reason": reason})
+            skipped.append({"file": shown, "reason": reason})
             continue
         if parsed.gender not in ("female", "male"):
-            skipped.append({"file": rel, "reason": f"unknown gender '{parsed.gender}'"})
+            skipped.append({"file": shown, "reason": f"unknown gender '{parsed.gender}'"})
             continue
         if path.name in seen:
-            skipped.append({"file": rel, "reason": "duplicate name"})
+            skipped.append({"file": shown, "reason": "duplicate name"})
             continue
         seen.add(path.name)
         if parsed.angle not in angles or parsed.gaze not in gazes:
@@ -420,10 +412,14 @@ def _plan_folder(cfg: PrepareConfig) -> _Plan:
         inner = src / ("train" if "train" in subdirs else subdirs[0])
         raise UsageError(f"{src} holds only {'/'.join(subdirs)} sub-folders; pass {inner} "
                          "instead (a folder with one sub-folder per domain).")
-    domains, files = [], {}
+    domains, files, skipped = [], {}, []
     for d in subdirs:
         found = sorted(p.relative_to(src).as_posix() for p in _walk_images(src / d))
-        if found:
+        if found and not _is_text(d):
+            skipped.append({"file": f"{_shown(d)}/", "reason": "folder name is not UTF-8 text, "
+                            f"so it cannot be a label name; rename it ({len(found)} images "
+                            "left out)"})
+        elif found:
             domains.append(d)
             files[d] = found
     if not domains:
@@ -442,47 +438,52 @@ def _plan_folder(cfg: PrepareConfig) -> _Plan:
     table = {"columns": {"domain": domains}, "space": space.to_dict(), "source_column": "domain",
              "selected_columns": None, "aliases": []}
     return _Plan(dataset=cfg.dataset, format="folder", base=src, crop=cfg.crop, splits=splits,
-                 label_table=table, skipped=[],
+                 label_table=table, skipped=skipped,
                  source={"raw_dir": str(src), "split_mode": "random", "labels_csv": None,
                          "test_fraction": cfg.test_fraction})
 
 
+def _inside(name: str, roots: Sequence[Path]) -> str | None:
+    """A --labels file name as a clean path relative to the image folder, or None when it
+    points outside it (`../x.jpg`, or an absolute path not under one of `roots`)."""
+    path = posixpath.normpath(name)
+    if posixpath.isabs(path):
+        for root in roots:
+            try:
+                return Path(path).relative_to(root).as_posix()
+            except ValueError:
+                continue
+        return None
+    return None if path == ".." or path.startswith("../") else path
+
+
 def _plan_csv(cfg: PrepareConfig, src: Path, csv_path: Path) -> _Plan:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            table_rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except OSError as exc:
-        raise UsageError(f"--labels {csv_path}: cannot read ({exc.strerror or exc}).") from None
-    if len(table_rows) < 2 or len(table_rows[0]) < 2:
-        raise UsageError(f"--labels {csv_path}: need a header (file name, then attribute "
-                         "names) and at least one row.")
-    columns = [c.strip() for c in table_rows[0][1:]]
-    if len(set(columns)) != len(columns) or not all(columns):
-        raise UsageError(f"--labels {csv_path}: attribute names in the header must be unique "
-                         "and non-empty.")
+    where = f"--labels {csv_path}"
+    table = read_label_csv(csv_path, where=where, blanks=False)
+    if not table.columns or not table.files:
+        raise UsageError(f"{where}: need a header (file, then attribute names) and at least "
+                         "one row, e.g. file,smiling then photo1.jpg,1.")
+    columns = list(table.columns)
     selected = _selected(columns, cfg.attrs)
+    roots = [src] + ([Path(cfg.source).expanduser().absolute()] if cfg.source else [])
     present, skipped, seen = [], [], set()
-    for line, row in enumerate(table_rows[1:], start=2):
-        rel = row[0].strip().replace("\\", "/")
-        if len(row) != len(columns) + 1:
-            raise UsageError(f"--labels {csv_path} line {line}: expected {len(columns) + 1} "
-                             f"fields, found {len(row)}.")
-        try:
-            values = [int(float(v)) for v in row[1:]]
-        except ValueError:
-            raise UsageError(f"--labels {csv_path} line {line}: attribute values must be 0 or "
-                             f"1 (or -1/1).") from None
+    for name, values in zip(table.files, table.values, strict=True):
+        rel = _inside(name, roots)
+        if rel is None:
+            skipped.append({"file": name, "reason": f"outside the image folder {src}; file "
+                                                    "names in --labels are relative to it"})
+            continue
         if rel in seen:
-            skipped.append({"file": rel, "reason": "listed twice in the CSV"})
+            skipped.append({"file": name, "reason": "listed twice in the CSV"})
             continue
         seen.add(rel)
         if not (src / rel).is_file():
-            skipped.append({"file": rel, "reason": "missing file"})
+            skipped.append({"file": name, "reason": "missing file"})
             continue
-        present.append((rel, [1 if v > 0 else 0 for v in values]))
+        present.append((rel, values.astype(np.uint8)))
     if not present:
-        raise DatasetNotFoundError(f"--labels {csv_path}: none of its files exist under {src}.")
-    present.sort()
+        raise DatasetNotFoundError(f"{where}: none of its files exist under {src}.")
+    present.sort(key=lambda p: p[0])
     test = _random_test([r for r, _ in present], cfg.test_fraction, "csv")
     splits = {}
     for split in ("train", "test"):
@@ -574,6 +575,21 @@ def _jpeg_info(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels"
+
+
+_LIMIT = (f"over the {_megapixels(DEFAULT_MAX_PIXELS)} limit that guards against "
+          "decompression bombs; downscale it first")
+
+
+def _check_pixels(w: int, h: int) -> None:
+    """Refuse an image from its header, before decoding allocates it (translate's limit:
+    a 32768x32768 JPEG of 20 MB would take 3.2 GB in a worker)."""
+    if w * h > DEFAULT_MAX_PIXELS:
+        raise _Skip(f"too large: {w}x{h} = {_megapixels(w * h)}, {_LIMIT}")
+
+
 def _crop_box(w: int, h: int, crop: int | None) -> tuple[int, int, int]:
     """(left, top, side) of the centred square: `crop` wide, or the largest that fits."""
     side = min(w, h) if crop is None else min(crop, w, h)
@@ -603,6 +619,7 @@ def _decode(data: bytes, crop: int | None, size: int
     info = _jpeg_info(data)
     if info is not None and info[0] in (1, 3):
         _, h, w = info
+        _check_pixels(w, h)
         r = _reduction(w, h, crop, size)
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_REDUCED[r])
         if arr is not None:
@@ -612,6 +629,7 @@ def _decode(data: bytes, crop: int | None, size: int
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
+            _check_pixels(w, h)
             r = 1
             if im.format == "JPEG":
                 r = _reduction(w, h, crop, size)
@@ -627,6 +645,12 @@ def _decode(data: bytes, crop: int | None, size: int
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im), False, r, (h, w)
+    except _Skip:
+        raise
+    except Image.DecompressionBombError as exc:  # over twice the limit: PIL refuses to open it
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        claimed = f" {_megapixels(int(pixels[1]))}," if pixels else ""
+        raise _Skip(f"too large:{claimed} {_LIMIT}") from None
     except UnidentifiedImageError:
         raise _Skip("not an image (unknown format)") from None
     except Exception as exc:  # PIL raises many types for broken files
@@ -866,7 +890,8 @@ def _write_shard(out: Path, job: _Job, rows: _Split, results: Iterator[tuple], *
             timing.checksum += t3 - t2
             for reason in reasons:
                 if reason is not None:
-                    skipped.append({"file": rows.names[job.start + len(kept)], "reason": reason})
+                    skipped.append({"file": _shown(rows.names[job.start + len(kept)]),
+                                    "reason": reason})
                 kept.append(reason is None)
             pos += len(batch)
             if not paused and len(kept) * 2 >= n_planned:
@@ -883,7 +908,8 @@ def _write_shard(out: Path, job: _Job, rows: _Split, results: Iterator[tuple], *
             t1 = time.process_time()
             digest.update(_le_bytes(values))
             timing.checksum += time.process_time() - t1
-        names = [n for n, k in zip(rows.names[job.start:job.stop], kept, strict=True) if k]
+        names = [_shown(n) for n, k in zip(rows.names[job.start:job.stop], kept, strict=True)
+                 if k]
         f.create_dataset("index/source_name", data=np.array(names, dtype=object),
                          dtype=h5py.string_dtype())
         content = digest.hexdigest()
