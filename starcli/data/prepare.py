@@ -50,7 +50,7 @@ from starcli.errors import (
     StarcliError,
     UsageError,
 )
-from starcli.imaging import DEFAULT_MAX_PIXELS
+from starcli.imaging import DEFAULT_MAX_PIXELS, printable_path
 from starcli.paths import prepared_dir, raw_dir
 from starcli.progress import Progress, log, progress_task
 from starcli.utils import atomic_write_json, fsync_path
@@ -178,16 +178,10 @@ def _multilabel_table(dataset: str, fmt: str, columns: list[str], selected: list
             "selected_columns": [columns.index(n) for n in selected], "aliases": aliases}
 
 
-def _shown(name: str) -> str:
-    """A file name as text that can be stored and printed: bytes that are not UTF-8 (kept by
-    Python as lone surrogates, which HDF5, JSON readers and terminals refuse) become \\xNN,
-    as `ls -b` shows them. Valid names are unchanged; the file on disk is still read by its
-    real name."""
-    try:
-        raw = name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that did not come from a file name
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+# Bytes of a file name that are not UTF-8 (Python keeps them as lone surrogates, which HDF5,
+# JSON readers and terminals refuse) are stored and listed as \\xNN, as translate does; the
+# file on disk is still read by its real name.
+_shown = printable_path
 
 
 def _is_text(name: str) -> bool:
