@@ -179,7 +179,7 @@ def _multilabel_table(dataset: str, fmt: str, columns: list[str], selected: list
 
 
 # Bytes of a file name that are not UTF-8 (Python keeps them as lone surrogates, which HDF5,
-# JSON readers and terminals refuse) are stored and listed as \\xNN, as translate does; the
+# JSON readers and terminals refuse) are stored and listed as \xNN, as translate does; the
 # file on disk is still read by its real name.
 _shown = printable_path
 
