@@ -168,7 +168,7 @@ def _header(text: str, src: Source) -> tuple[int, list[str]]:
             break
         skip += 1
     else:
-        src.fail(None, "is empty; it needs a header: file,<label>,<label>,...")
+        src.fail(None, "the file is empty; it needs a header: file,<label>,<label>,...")
     try:
         cells = pd.read_csv(io.StringIO(text), header=None, skiprows=skip, nrows=1, dtype=str,
                             keep_default_na=False).iloc[0].tolist()
