@@ -22,6 +22,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ACCESS_KINDS = ("download", "request", "synthetic")
+FILE_KINDS = ("file", "archive")
+
+# Field types of a dataset table, checked before anything reads them: a user's datasets.toml
+# flows into paths and URL lists, where a wrong type fails far from its cause.
+_STRINGS = ("title", "access", "format", "license", "homepage", "access_note",
+            "filename_pattern")
+_COUNTS = ("image_count", "default_crop", "subjects")
+_STRING_LISTS = ("mirrors", "expressions", "gazes", "attrs", "checkpoint_files")
+_INT_LISTS = ("angles", "default_angles")
+_ATTRIBUTE_LISTS = ("names", "default_selected", "rendered")
 
 
 @dataclass(frozen=True)
@@ -107,18 +117,118 @@ def _tuple(value: Any) -> tuple:
     return tuple(value) if value else ()
 
 
-def _spec(name: str, d: dict[str, Any], source: str) -> DatasetSpec:
+# --------------------------------------------------------------------------- validation
+
+
+def _bad(where: str, key: str, want: str, value: Any) -> ConfigError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ConfigError(f"{where} {key}: must be {want}, not {shown}. Fix it, see the shipped "
+                       "datasets.toml for examples.")
+
+
+def is_one_component(value: Any) -> bool:
+    """True for a plain file or folder name: it cannot point anywhere but where it is put."""
+    return (isinstance(value, str) and value not in ("", ".", "..")
+            and not any(c in value for c in "/\\\x00"))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+def _check_scalars(where: str, d: dict[str, Any]) -> None:
+    for key in _STRINGS:
+        if key in d and not isinstance(d[key], str):
+            raise _bad(where, key, "a string", d[key])
+    for key in _COUNTS:
+        if key in d and not _is_count(d[key]):
+            negative = isinstance(d[key], int) and not isinstance(d[key], bool)
+            raise _bad(where, key, "an integer, not negative" if negative else "an integer",
+                       d[key])
+    for key in _STRING_LISTS:
+        if key in d and not _is_list_of(d[key], str):
+            raise _bad(where, key, "a list of strings", d[key])
+    for key in _INT_LISTS:
+        if key in d and not _is_list_of(d[key], int):
+            raise _bad(where, key, "a list of integers", d[key])
+    if "image_size" in d:
+        size = d["image_size"]
+        if not (_is_list_of(size, int) and len(size) == 2 and min(size) > 0):
+            raise _bad(where, "image_size", "[height, width] in pixels", size)
+    if "image_dir" in d and not is_one_component(d["image_dir"]):
+        raise _bad(where, "image_dir", "one folder name (no '/', '\\' or '..')",
+                   d["image_dir"])
+    if "filename_pattern" in d:
+        try:
+            re.compile(d["filename_pattern"])
+        except re.error as exc:
+            raise _bad(where, "filename_pattern", f"a valid regular expression ({exc})",
+                       d["filename_pattern"]) from None
+
+
+def _check_tables(where: str, d: dict[str, Any]) -> None:
+    for key in ("splits", "attributes"):
+        if key in d and not isinstance(d[key], dict):
+            raise _bad(where, key, "a table", d[key])
+    attrs = d.get("attributes", {})
+    for key in _ATTRIBUTE_LISTS:
+        if key in attrs and not _is_list_of(attrs[key], str):
+            raise _bad(where, f"attributes.{key}", "a list of strings", attrs[key])
+    groups = attrs.get("exclusive_groups", [])
+    if not (isinstance(groups, list) and all(_is_list_of(g, str) for g in groups)):
+        raise _bad(where, "attributes.exclusive_groups", "a list of lists of strings", groups)
+
+
+def _check_file(where: str, i: int, f: Any) -> None:
+    key = f"files[{i}]"
+    if not isinstance(f, dict):
+        raise _bad(where, key, "a table with a name", f)
+    if not is_one_component(f.get("name")):
+        raise _bad(where, f"{key}.name", "one file name (no '/', '\\' or '..')",
+                   f.get("name"))
+    if f.get("kind", "file") not in FILE_KINDS:
+        raise _bad(where, f"{key}.kind", " or ".join(f"'{k}'" for k in FILE_KINDS), f["kind"])
+    if "size" in f and not _is_count(f["size"]):
+        raise _bad(where, f"{key}.size", "an integer number of bytes", f["size"])
+    for field_name in ("md5", "sha256", "gdrive_id"):
+        if field_name in f and not isinstance(f[field_name], str):
+            raise _bad(where, f"{key}.{field_name}", "a string", f[field_name])
+    if "urls" in f and not _is_list_of(f["urls"], str):
+        raise _bad(where, f"{key}.urls", "a list of strings", f["urls"])
+
+
+def _check_entry(name: str, d: dict[str, Any], source: str) -> None:
+    """Refuse a dataset table whose name or fields could not work (or could escape raw/)."""
+    if not is_one_component(name):
+        raise ConfigError(f"{source}: dataset name {name!r} must be one folder name (no '/', "
+                          "'\\', '..' and not empty), as it becomes raw/<name>/. Rename the "
+                          "table.")
     where = f"{source} [{name}]"
     for key in ("title", "access", "format"):
         if key not in d:
             raise ConfigError(f"{where}: missing '{key}'. Add it, see the shipped datasets.toml.")
+    _check_scalars(where, d)
     if d["access"] not in ACCESS_KINDS:
         raise ConfigError(f"{where}: access must be one of {', '.join(ACCESS_KINDS)}, "
                           f"not '{d['access']}'.")
+    _check_tables(where, d)
+    files = d.get("files", [])
+    if not isinstance(files, list):
+        raise _bad(where, "files", "a list of [[" + name + ".files]] tables", files)
+    for i, f in enumerate(files):
+        _check_file(where, i, f)
+
+
+def _spec(name: str, d: dict[str, Any], source: str) -> DatasetSpec:
+    _check_entry(name, d, source)
     files = []
     for f in d.get("files", []):
-        if "name" not in f:
-            raise ConfigError(f"{where}: every [[{name}.files]] entry needs a 'name'.")
         files.append(FileSpec(name=f["name"], kind=f.get("kind", "file"), size=f.get("size"),
                               md5=f.get("md5"), sha256=f.get("sha256"),
                               gdrive_id=f.get("gdrive_id"), urls=_tuple(f.get("urls"))))

@@ -58,3 +58,86 @@ def test_user_registry_errors_name_the_file(tmp_path):
     (tmp_path / "datasets.toml").write_text('[x]\ntitle="x"\naccess="ftp"\nformat="celeba"\n')
     with pytest.raises(ConfigError, match="access must be one of"):
         load_registry(tmp_path)
+
+
+# --------------------------------------------------------------------------- user-file validation
+
+_GOOD = 'title = "t"\naccess = "download"\nformat = "celeba"\n'
+
+
+def _user_error(tmp_path, text):
+    (tmp_path / "datasets.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_registry(tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path / "datasets.toml") in msg and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("name", ["../../../.bashrc", "a/b", "..", ".", "/etc", "a\\\\b", ""])
+def test_dataset_name_must_be_one_path_component(tmp_path, name):
+    msg = _user_error(tmp_path, f'["{name}"]\n{_GOOD}')
+    assert "dataset name" in msg and "one folder name" in msg
+
+
+@pytest.mark.parametrize("file_name", ["../evil.txt", "sub/x.txt", "/abs.txt", "..", ""])
+def test_file_name_must_be_one_path_component(tmp_path, file_name):
+    msg = _user_error(tmp_path, f'[mine]\n{_GOOD}[[mine.files]]\nname = "{file_name}"\n')
+    assert "[mine]" in msg and "files[0].name" in msg and "one file name" in msg
+
+
+@pytest.mark.parametrize("image_dir", ["/home/me/faces", "../faces", "a/b", "..", "."])
+def test_image_dir_must_be_one_path_component(tmp_path, image_dir):
+    msg = _user_error(tmp_path, f'[mine]\n{_GOOD}image_dir = "{image_dir}"\n')
+    assert "[mine]" in msg and "image_dir" in msg
+
+
+@pytest.mark.parametrize("line, field, words", [
+    ('mirrors = "https://m.example/celeba"', "mirrors", "list of strings"),
+    ('mirrors = [1, 2]', "mirrors", "list of strings"),
+    ("image_count = \"202599\"", "image_count", "integer"),
+    ("image_count = true", "image_count", "integer"),
+    ("image_count = -3", "image_count", "not negative"),
+    ("image_size = [218]", "image_size", "[height, width]"),
+    ("title = 5", "title", "string"),
+    ("angles = [\"45\"]", "angles", "list of integers"),
+    ("attributes = [\"Male\"]", "attributes", "table"),
+    ("splits = 3", "splits", "table"),
+    ("files = {name = \"x\"}", "files", "list"),
+    ("filename_pattern = \"(unclosed\"", "filename_pattern", "regular expression"),
+    ("format = [\"celeba\"]", "format", "string"),
+])
+def test_field_types_are_checked_naming_file_table_and_field(tmp_path, line, field, words):
+    body = _GOOD.replace(f"{line.split(' =')[0]} = ", "#") if line.startswith(
+        ("title", "format")) else _GOOD
+    msg = _user_error(tmp_path, f"[mine]\n{body}{line}\n")
+    assert "[mine]" in msg and field in msg and words in msg, msg
+
+
+@pytest.mark.parametrize("line, field, words", [
+    ('size = "12"', "files[0].size", "integer"),
+    ('md5 = 5', "files[0].md5", "string"),
+    ('sha256 = ["00"]', "files[0].sha256", "string"),
+    ('urls = "https://x.example/a.txt"', "files[0].urls", "list of strings"),
+    ('kind = "folder"', "files[0].kind", "archive"),
+])
+def test_file_fields_are_checked(tmp_path, line, field, words):
+    msg = _user_error(tmp_path, f'[mine]\n{_GOOD}[[mine.files]]\nname = "a.txt"\n{line}\n')
+    assert "[mine]" in msg and field in msg and words in msg, msg
+
+
+def test_override_of_a_shipped_entry_is_checked_too(tmp_path):
+    msg = _user_error(tmp_path, '[celeba]\nmirrors = "https://m.example/celeba"\n')
+    assert "[celeba]" in msg and "mirrors" in msg
+
+
+def test_valid_user_entry_with_every_field_loads(tmp_path):
+    (tmp_path / "datasets.toml").write_text(
+        f'[mine]\n{_GOOD}image_count = 3\nimage_size = [218, 178]\nimage_dir = "imgs"\n'
+        'mirrors = ["https://m.example/mine"]\nangles = [45, 90]\nsplits = { official = {} }\n'
+        'filename_pattern = "^x(?P<a>\\\\d)$"\n[mine.attributes]\nnames = ["Male"]\n'
+        '[[mine.files]]\nname = "a.zip"\nkind = "archive"\nsize = 10\n'
+        f'md5 = "{"a" * 32}"\nsha256 = "{"B" * 64}"\nurls = ["https://x.example/a.zip"]\n')
+    spec = load_registry(tmp_path).get("mine")
+    assert spec.mirrors == ("https://m.example/mine",) and spec.image_dir == "imgs"
+    assert spec.files[0].size == 10 and spec.attributes == ("Male",)
