@@ -16,7 +16,9 @@ macOS and Windows file systems) before anything is written.
 
 from __future__ import annotations
 
+import errno
 import lzma
+import math
 import os
 import re
 import shutil
@@ -42,6 +44,9 @@ _CHUNK = 1 << 20
 # Longest symlink target read from a zip member (zip stores the target as the member's data).
 _MAX_LINK = 4096
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# Member times outside [epoch, year 9999] are not applied: os.utime overflows on some (a pax
+# header can say 1e300 or nan) and none of them is a real time.
+_MAX_MTIME = 253402300799.0
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # What a damaged archive raises while it is being read (gzip and bz2 raise OSError).
 _READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
@@ -134,6 +139,10 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
         return None
 
 
+def _usable_mtime(value: float) -> float | None:
+    return float(value) if math.isfinite(value) and 0 <= value <= _MAX_MTIME else None
+
+
 def _tar_entries(tf: tarfile.TarFile, archive: Path, max_members: int) -> list[_Entry]:
     entries = []
     for member in tf:  # reads headers lazily, so a huge member count stops early
@@ -143,7 +152,7 @@ def _tar_entries(tf: tarfile.TarFile, archive: Path, max_members: int) -> list[_
         name = "/".join(_parts(archive, member.name))
         if member.isreg():
             entries.append(_Entry(name, member.name, "file", member.size,
-                                  mtime=float(member.mtime), ref=member))
+                                  mtime=_usable_mtime(member.mtime), ref=member))
         elif member.isdir():
             entries.append(_Entry(name, member.name, "dir", ref=member))
         elif member.issym():
@@ -291,8 +300,7 @@ def _extract(handle: zipfile.ZipFile | tarfile.TarFile, archive: Path, entries: 
                                        ) from None
                 with src:
                     budget -= _copy(src, dest, archive, budget)
-                if entry.mtime is not None:
-                    os.utime(dest, (entry.mtime, entry.mtime))
+                _set_mtime(dest, entry.mtime)
             elif entry.kind == "symlink":
                 try:
                     os.symlink(entry.link, dest)
@@ -314,23 +322,67 @@ def _extract(handle: zipfile.ZipFile | tarfile.TarFile, archive: Path, entries: 
     return [name for name, kind in kinds.items() if kind in ("file", "hardlink")]
 
 
+def _set_mtime(dest: Path, mtime: float | None) -> None:
+    if mtime is None:
+        return
+    try:
+        os.utime(dest, (mtime, mtime))
+    except (OverflowError, ValueError, OSError):
+        pass  # a time the file system cannot store is not worth failing the extraction for
+
+
+def _move(src: Path, dst: Path) -> None:
+    """os.replace, or (between file systems, EXDEV) a copy next to `dst` renamed over it."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    copy = dst.with_name(f".{dst.name}.copying-{os.getpid()}")
+    _remove(copy)
+    try:
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, copy, symlinks=True)
+        else:
+            shutil.copy2(src, copy, follow_symlinks=False)
+        os.replace(copy, dst)  # same folder, so same file system
+    except BaseException:
+        _remove(copy)
+        raise
+    _remove(src)
+
+
 def _move_into_place(tmp: Path, target: Path) -> None:
     if not target.exists() and not target.is_symlink():
-        os.replace(tmp, target)  # one atomic rename: the tree appears complete
+        _move(tmp, target)  # one rename: the tree appears complete
         return
     if not target.is_dir():
         raise ArchiveError(f"{target} exists and is not a folder; move it away and run again.")
     # Merge: each top-level entry replaces its namesake; other entries of target are kept.
+    # Each entry first moves next to its namesake (a copy if target is on another file
+    # system), so the swap below is two renames inside one folder and cannot fail halfway.
     for entry in os.scandir(tmp):
         dest = target / entry.name
+        staged = target / f".{entry.name}.new-{os.getpid()}"
+        _remove(staged)
+        _move(Path(entry.path), staged)
         if dest.is_dir() and not dest.is_symlink():
             trash = target / f".{entry.name}.old-{os.getpid()}"
             os.replace(dest, trash)
-            os.replace(entry.path, dest)
+            os.replace(staged, dest)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(entry.path, dest)
+            os.replace(staged, dest)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _staging_parent(target: Path) -> Path:
+    """Where to unpack before moving into `target`: next to the real folder when `target` is
+    a link to one, so the final moves are renames on one file system."""
+    if target.is_symlink() and target.is_dir():
+        return target.resolve().parent
+    return target.parent
 
 
 def _detect(archive: Path) -> str:
@@ -384,7 +436,7 @@ def safe_extract(archive: Path, target: Path, *, progress: Progress | None = Non
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _disk_error(target.parent, exc) from exc
-    tmp = target.parent / f".{target.name}.extracting-{os.getpid()}"
+    tmp = _staging_parent(target) / f".{target.name}.extracting-{os.getpid()}"
     with _open(archive, kind) as handle:
         try:
             if isinstance(handle, zipfile.ZipFile):
@@ -394,10 +446,10 @@ def safe_extract(archive: Path, target: Path, *, progress: Progress | None = Non
         except _READ_ERRORS as exc:
             raise _damaged(archive, exc) from exc
         total = _validate(archive, entries, max_bytes)
-        free = shutil.disk_usage(target.parent).free
+        free = shutil.disk_usage(tmp.parent).free
         if total > free:
             raise ArchiveError(f"{archive} needs {total / 1e9:.1f} GB but only "
-                               f"{free / 1e9:.1f} GB is free on {target.parent}; free space "
+                               f"{free / 1e9:.1f} GB is free on {tmp.parent}; free space "
                                "and run again.")
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)

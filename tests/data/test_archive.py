@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import stat
 import tarfile
 import zipfile
@@ -322,3 +324,79 @@ def test_count_images(tmp_path):
     assert ar.count_images(tmp_path) == 4
     assert ar.count_images(tmp_path, exts=(".gif",)) == 1
     assert ar.count_images(tmp_path / "missing") == 0
+
+
+# --------------------------------------------------------------------------- odd metadata, moves
+
+
+@pytest.mark.parametrize("mtime", ["1e300", "nan", "-1e300", "inf"])
+def test_absurd_tar_mtime_is_not_applied(box, mtime):
+    info = tarfile.TarInfo("a.txt")
+    info.size = 3
+    info.pax_headers = {"mtime": mtime}  # pax carries the mtime as text, so anything fits
+    archive = box / "a.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(b"abc"))
+    with tarfile.open(archive) as tf:
+        assert str(tf.getmembers()[0].mtime) == str(float(mtime))  # the archive really says so
+    target = box / "out"
+    assert ar.safe_extract(archive, target) == ["a.txt"]
+    assert (target / "a.txt").read_bytes() == b"abc"
+
+
+def _exdev_on_cross_device(monkeypatch, other_fs):
+    """os.replace/os.rename fail with EXDEV whenever exactly one side is below `other_fs`,
+    as they do between two file systems."""
+    real_replace, real_rename = os.replace, os.rename
+
+    def below(p):
+        return Path(os.path.realpath(p)).is_relative_to(os.path.realpath(other_fs))
+
+    def guard(real):
+        def move(src, dst, *args, **kwargs):
+            if below(src) != below(dst):
+                raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+            return real(src, dst, *args, **kwargs)
+        return move
+
+    monkeypatch.setattr(os, "replace", guard(real_replace))
+    monkeypatch.setattr(os, "rename", guard(real_rename))
+
+
+def test_merge_into_a_symlinked_target_on_another_file_system(box, monkeypatch):
+    disk = box / "otherdisk"
+    (disk / "celeba" / "celeba").mkdir(parents=True)
+    (disk / "celeba" / "celeba" / "stale.jpg").write_bytes(b"old")
+    (disk / "celeba" / "keep.txt").write_bytes(b"mine")
+    target = box / "out"
+    target.symlink_to(disk / "celeba", target_is_directory=True)
+    _exdev_on_cross_device(monkeypatch, disk)
+    ar.safe_extract(make_zip(box / "a.zip", GOOD), target)
+    assert target.is_symlink()  # the user's link is still the link
+    assert (target / "keep.txt").read_bytes() == b"mine"
+    assert (target / "celeba" / "list_attr_celeba.txt").read_bytes() == GOOD[
+        "celeba/list_attr_celeba.txt"]
+    assert not (target / "celeba" / "stale.jpg").exists()
+    assert sorted(p.name for p in (disk / "celeba").iterdir()) == ["celeba", "keep.txt"]
+    assert [p.name for p in box.iterdir() if ".extracting-" in p.name] == []
+
+
+def test_exdev_on_every_move_still_merges_without_hiding_the_old_folder(box, monkeypatch):
+    target = box / "out"
+    (target / "celeba").mkdir(parents=True)
+    (target / "celeba" / "stale.jpg").write_bytes(b"old")
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        # Only the move out of the extraction folder crosses a (pretend) device boundary.
+        if ".extracting-" in str(src) and ".extracting-" not in str(dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+    ar.safe_extract(make_zip(box / "a.zip", GOOD), target)
+    for name, data in GOOD.items():
+        assert (target / name).read_bytes() == data
+    assert sorted(p.name for p in target.iterdir()) == ["celeba"]  # no hidden .old- folder
+    assert [p.name for p in box.iterdir() if ".extracting-" in p.name] == []
