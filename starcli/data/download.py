@@ -7,6 +7,12 @@ warnings). Only a file whose size and digests match is renamed to its final name
 in the data folder always means a complete, verified file.
 
 Sources are ``http(s)://`` URLs or ``gdrive:<file id>`` (fetched with the optional `gdown`).
+
+No source can fill the disk: an HTTP body is cut off (and its part file dropped) once the file
+would outgrow its registry size, or `MAX_UNSIZED_BYTES` when the registry gives none. gdown
+writes by itself, so a Drive file is checked against the same cap only when it ends.
+Loopback mirrors (127.0.0.1, ::1, localhost) are always fetched directly: a proxy from the
+environment cannot reach this machine's loopback.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import errno
 import hashlib
 import http.client
 import inspect
+import ipaddress
 import os
 import socket
 import ssl
@@ -40,6 +47,9 @@ _SNIFF_BYTES = 64 * 1024
 # not there or not for us, so the next source is tried at once.
 _RETRY_STATUS = {408, 425, 429}
 _HINT = "Use --mirror BASE_URL or `starcli fetch DATASET --from PATH`."
+# Largest file accepted when the registry gives no size (the biggest such file it lists, the
+# official 256 px StarGAN weights zip, is a few hundred MB). Files with a size are capped at it.
+MAX_UNSIZED_BYTES = 4 << 30
 
 # Back-off sleeps go through this name so tests can make them instant.
 _sleep = time.sleep
@@ -196,9 +206,17 @@ def _content_range_start(value: str | None) -> int | None:
     return int(start) if start.isdigit() else None
 
 
+def _too_long(size: int | None, cap: int) -> str:
+    if size is not None:
+        return f"sent more than the expected {cap} bytes"
+    return (f"sent more than {cap} bytes, the limit for a file of unknown size (give its size "
+            "in datasets.toml)")
+
+
 def _http_attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, size: int | None,
-                  expect: str | None, timeout: float, task: Task) -> None:
-    """One GET of `url` into `part`, resuming from its current length."""
+                  expect: str | None, timeout: float, task: Task, cap: int) -> None:
+    """One GET of `url` into `part`, resuming from its current length; nothing past `cap`
+    bytes is written (the part is dropped instead)."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
@@ -247,8 +265,11 @@ def _http_attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, s
             raise _SourceFailed(f"HTTP {status}")
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
+        if size is None and expected is not None and offset + expected > cap:
+            raise _SourceFailed(_too_long(size, cap).replace("sent", "offers"))
         received = 0
         f = None
+        over = False
         dropped: http.client.IncompleteRead | None = None
         try:
             while True:
@@ -276,6 +297,9 @@ def _http_attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, s
                         raise _disk_error(part, exc) from exc
                 if not chunk:
                     break
+                if offset + received + len(chunk) > cap:
+                    over = True  # a chunked body (no Content-Length) that never ends
+                    break
                 try:
                     _write_chunk(f, chunk)
                 except OSError as exc:
@@ -287,17 +311,36 @@ def _http_attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, s
         finally:
             if f is not None:
                 f.close()
+        if over:
+            part.unlink(missing_ok=True)
+            raise _SourceFailed(_too_long(size, cap))
         # http.client returns b"" (no error) when a Content-Length body is cut short.
         if expected is not None and received < expected:
             raise _Transient("connection dropped mid-file")
 
 
-def _fetch_http(url: str, part: Path, size: int | None, expect: str | None, timeout: float,
-                task: Task) -> None:
-    before = part.stat().st_size if part.exists() else 0
-    opener = urllib.request.build_opener()  # fresh, so proxy settings come from the env now
+def _is_loopback(host: str) -> bool:
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
     try:
-        _http_attempt(opener, url, part, size, expect, timeout, task)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    # Fresh each time, so proxy settings come from the environment as it is now.
+    if _is_loopback(urllib.parse.urlsplit(url).hostname or ""):
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
+
+
+def _fetch_http(url: str, part: Path, size: int | None, expect: str | None, timeout: float,
+                task: Task, cap: int) -> None:
+    before = part.stat().st_size if part.exists() else 0
+    try:
+        _http_attempt(_opener(url), url, part, size, expect, timeout, task, cap)
     except _Transient as exc:
         exc.progressed = (part.stat().st_size if part.exists() else 0) > before
         raise
@@ -347,7 +390,7 @@ def _gdown_kwargs(func, wanted: dict) -> dict:
 
 
 def _fetch_gdrive(file_id: str, part: Path, size: int | None, timeout: float,
-                  task: Task) -> None:
+                  task: Task, cap: int) -> None:
     try:
         import gdown
     except ImportError:
@@ -372,6 +415,9 @@ def _fetch_gdrive(file_id: str, part: Path, size: int | None, timeout: float,
         raise _SourceFailed(reason) from None
     if not part.exists():
         raise _SourceFailed("gdown reported success but wrote no file")
+    if part.stat().st_size > cap:
+        part.unlink()
+        raise _SourceFailed(_too_long(size, cap))
 
 
 def _is_requests_error(exc: BaseException) -> bool:
@@ -391,7 +437,7 @@ def _label(source: str) -> str:
 
 def _try_source(source: str, part: Path, *, size: int | None, expect: str | None,
                 timeout: float, retries: int, backoff: float, task: Task,
-                progress: Progress | None) -> None:
+                progress: Progress | None, cap: int) -> None:
     """Get the whole file from one source into `part`, retrying transient failures."""
     if source.startswith("gdrive:"):
         file_id = source.removeprefix("gdrive:").strip()
@@ -399,10 +445,10 @@ def _try_source(source: str, part: Path, *, size: int | None, expect: str | None
             raise _SourceFailed("empty Google Drive id")
 
         def fetch() -> None:
-            _fetch_gdrive(file_id, part, size, timeout, task)
+            _fetch_gdrive(file_id, part, size, timeout, task, cap)
     elif urllib.parse.urlsplit(source).scheme in ("http", "https"):
         def fetch() -> None:
-            _fetch_http(source, part, size, expect, timeout, task)
+            _fetch_http(source, part, size, expect, timeout, task, cap)
     else:
         raise _SourceFailed("unsupported source (want http(s):// or gdrive:ID)")
 
@@ -436,6 +482,7 @@ def download(sources: Sequence[str], dest: Path, *, size: int | None = None,
     that rejects web pages served in place of the file. Raises DownloadError when every
     source fails (the message lists each one's failure), or at once when the disk cannot be
     written. A partial ``<dest>.part`` is kept after network failures so a re-run resumes.
+    At most `size` bytes (`MAX_UNSIZED_BYTES` without a size) are written for one file.
     """
     if expect not in (None, "zip", "text"):
         raise ValueError(f"expect must be 'zip', 'text' or None, not {expect!r}")
@@ -448,6 +495,7 @@ def download(sources: Sequence[str], dest: Path, *, size: int | None = None,
     except OSError as exc:
         raise _disk_error(part, exc) from exc
 
+    cap = size if size is not None else MAX_UNSIZED_BYTES
     failures: list[str] = []
     with progress_task(progress, f"download {dest.name}", total=size, unit="bytes") as task:
         for source in sources:
@@ -456,7 +504,8 @@ def download(sources: Sequence[str], dest: Path, *, size: int | None = None,
                 part.unlink()  # longer than the file can be: not a prefix of it
             try:
                 _try_source(source, part, size=size, expect=expect, timeout=timeout,
-                            retries=retries, backoff=backoff, task=task, progress=progress)
+                            retries=retries, backoff=backoff, task=task, progress=progress,
+                            cap=cap)
             except _SourceFailed as exc:
                 failures.append(f"{label}: {exc.reason}")
                 log(progress, f"{label}: {exc.reason}")

@@ -484,3 +484,91 @@ def test_gdrive_disk_full_stops(fake_gdown, tmp_path):
     fake_gdown(lambda n, kw: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
     with pytest.raises(DownloadError, match="free space on"):
         dl.download(["gdrive:abc", "http://127.0.0.1:9/never"], tmp_path / "f.bin")
+
+
+# --------------------------------------------------------------------------- byte cap
+
+
+def _endless_chunked(h, n):
+    """A chunked body (no Content-Length) that keeps going: 8 MiB of it, more than any cap."""
+    h.protocol_version = "HTTP/1.1"
+    h.send_response(200)
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    block = b"z" * (256 * 1024)
+    try:
+        for _ in range(32):
+            h.wfile.write(b"%x\r\n" % len(block) + block + b"\r\n")
+        h.wfile.write(b"0\r\n\r\n")
+    except OSError:
+        pass  # the client hung up at its cap
+    h.close_connection = True
+
+
+def test_chunked_body_longer_than_the_expected_size_is_cut_off(server, tmp_path, monkeypatch):
+    written = []
+    real_write = dl._write_chunk
+    monkeypatch.setattr(dl, "_write_chunk", lambda f, data: (written.append(len(data)),
+                                                             real_write(f, data)))
+    url = server.add("/f.bin", _endless_chunked)
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match="more than the expected 1048576 bytes"):
+        dl.download([url], dest, size=MiB)
+    assert sum(written) <= MiB  # the disk never held more than the file can be
+    assert leftovers(tmp_path) == []  # nothing under the final name, no .part either
+
+
+def test_size_less_file_is_capped_at_the_stated_maximum(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "MAX_UNSIZED_BYTES", 2 * MiB)
+    url = server.add("/f.bin", _endless_chunked)
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match="more than 2097152 bytes"):
+        dl.download([url], dest)
+    assert leftovers(tmp_path) == []
+
+
+def test_cap_lets_a_size_less_file_under_it_through(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "MAX_UNSIZED_BYTES", len(DATA))
+    url = server.add("/f.bin", serve(DATA))
+    assert dl.download([url], tmp_path / "f.bin", md5=MD5) == url
+    assert (tmp_path / "f.bin").read_bytes() == DATA
+
+
+def test_resumed_body_is_capped_too(server, tmp_path):
+    def too_long_206(h, n):
+        h.send_response(206)
+        h.send_header("Content-Range", f"bytes {MiB}-{4 * MiB - 1}/{4 * MiB}")
+        h.end_headers()  # no Content-Length: only the cap stops it
+        try:
+            h.wfile.write(b"y" * (3 * MiB))
+        except OSError:
+            pass
+
+    url = server.add("/f.bin", too_long_206)
+    (tmp_path / "f.bin.part").write_bytes(DATA[:MiB])
+    with pytest.raises(DownloadError, match="more than the expected"):
+        dl.download([url], tmp_path / "f.bin", size=2 * MiB)
+    assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def test_loopback_mirror_is_never_sent_through_a_proxy(server, tmp_path, monkeypatch, no_wait):
+    # A proxy set in the user's (or CI's) shell cannot reach this machine's loopback mirror.
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    url = server.add("/f.bin", serve(DATA))
+    assert dl.download([url], tmp_path / "f.bin", md5=MD5) == url
+    assert no_wait == []
+
+
+def test_size_less_file_announcing_too_much_is_refused_before_writing(server, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(dl, "MAX_UNSIZED_BYTES", MiB)
+    url = server.add("/f.bin", serve(DATA))  # Content-Length says 3 MiB
+    with pytest.raises(DownloadError, match="offers more than 1048576 bytes"):
+        dl.download([url], tmp_path / "f.bin")
+    assert leftovers(tmp_path) == []
