@@ -33,7 +33,8 @@ def fetch(
     seed: Annotated[int, typer.Option("--seed", help="Synthetic sets: random seed.")] = 0,
     workers: Annotated[int, typer.Option("--workers", min=0,
                                          help="Synthetic sets: worker processes.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Fetch again even if present.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Download, verify and extract again even if present.")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -49,6 +50,8 @@ def fetch(
 
       starcli fetch demo --count 4000
     """
+    from rich.markup import escape
+
     from starcli.data.fetch import FetchConfig
     from starcli.data.fetch import fetch as run_fetch
     from starcli.paths import resolve_home
@@ -57,9 +60,22 @@ def fetch(
                       source=source.expanduser() if source else None, count=count,
                       subjects=subjects, seed=seed, workers=workers, force=force)
     with RichProgress() as progress:
-        summary = run_fetch(cfg, progress=progress)
+        summary = run_fetch(cfg, progress=progress, handlers=format_handlers())
     parts = summary.get("parts", [summary])
     for part in parts:
-        console.print(f"[green]✓[/] {part['dataset']} → {part['path']}")
+        console.print(f"[green]✓[/] {escape(part['dataset'])} → {escape(str(part['path']))}",
+                      soft_wrap=True)
     if json_out:
         emit_json(summary)
+
+
+def format_handlers() -> dict:
+    """Registry formats fetched by model code. Each handler imports its family only when it
+    runs, so fetching a dataset never loads torch."""
+
+    def stargan_v1_checkpoint(spec, cfg, progress):
+        from starcli.families.stargan_v1.importer import fetch_pretrained
+
+        return fetch_pretrained(spec, cfg, progress)
+
+    return {"stargan-v1-checkpoint": stargan_v1_checkpoint}

@@ -3,18 +3,27 @@
 Downloadable datasets try, per file: --mirror base URLs, $STARCLI_MIRROR, the registry's mirrors,
 the registry's direct URLs, then Google Drive. Request-only datasets (RaFD) are imported from a
 local archive or folder with --from. Synthetic sets are generated on the spot.
+
+One fetch of a dataset runs at a time per home: a second one waits for the first (up to
+`LOCK_TIMEOUT` seconds, then fails with one line naming the lock file). Formats that belong to
+model code (official checkpoints) are fetched by a handler the caller passes in, so this data
+layer never imports a model family.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import filelock
 
 from starcli.data.registry import DatasetSpec, FileSpec, Registry, load_registry
 from starcli.errors import ChecksumError, DatasetNotFoundError, StarcliError, UsageError
@@ -23,6 +32,11 @@ from starcli.progress import Progress, log
 
 DEMO_SETS = ("demo-celeba", "demo-rafd")
 STAMP = ".starcli-fetch.json"  # written last into raw/<name>/: what was fetched and verified
+# Registry formats that only model code can fetch (it converts what it downloads).
+MODEL_FORMATS = ("stargan-v1-checkpoint",)
+# Seconds a second `fetch` of one dataset waits for the first before giving up.
+LOCK_TIMEOUT = 10.0
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -35,8 +49,13 @@ class FetchConfig:
     subjects: int | None = None  # synthetic RaFD subject count
     seed: int = 0
     workers: int = 0
-    force: bool = False
+    force: bool = False  # download, verify and extract again even when stamps say done
     env_mirrors: tuple[str, ...] = field(default_factory=lambda: _env_mirrors())
+    lock_timeout: float | None = None  # None: LOCK_TIMEOUT
+
+
+# What a caller passes to fetch a format of MODEL_FORMATS: (spec, cfg, progress) -> summary.
+FormatHandler = Callable[[DatasetSpec, FetchConfig, "Progress | None"], dict]
 
 
 def _env_mirrors() -> tuple[str, ...]:
@@ -44,25 +63,82 @@ def _env_mirrors() -> tuple[str, ...]:
     return tuple(v for v in value.replace(",", " ").split() if v)
 
 
-def fetch(cfg: FetchConfig, progress: Progress | None = None) -> dict:
-    """Fetch (or generate, or import) `cfg.dataset`; returns a JSON-able summary."""
+def fetch(cfg: FetchConfig, progress: Progress | None = None,
+          handlers: Mapping[str, FormatHandler] | None = None) -> dict:
+    """Fetch (or generate, or import) `cfg.dataset`; returns a JSON-able summary.
+
+    `handlers` maps a registry format to the function that fetches it; it is needed for
+    MODEL_FORMATS (the CLI passes the model family's importer) and takes precedence over the
+    built-in ways for any other format it names."""
     registry = load_registry(cfg.home)
-    if cfg.dataset == "demo":
-        return {"dataset": "demo", "parts": [
-            _fetch_one(registry, registry.get(name), cfg, progress) for name in DEMO_SETS]}
-    return _fetch_one(registry, registry.get(cfg.dataset), cfg, progress)
+    names = DEMO_SETS if cfg.dataset == "demo" else (cfg.dataset,)
+    parts = []
+    for name in names:
+        spec = registry.get(name)
+        handler = (handlers or {}).get(spec.format)
+        if handler is None:
+            _check_request(spec, cfg)
+        with _dataset_lock(cfg, spec.name):
+            if handler is not None:
+                parts.append(handler(spec, cfg, progress))
+            else:
+                parts.append(_fetch_one(registry, spec, cfg, progress))
+    return {"dataset": "demo", "parts": parts} if cfg.dataset == "demo" else parts[0]
+
+
+def lock_path(home: Path, name: str) -> Path:
+    """The lock a fetch of `name` holds. It sits beside raw/<name>/, not in it, because an
+    import swaps that whole folder."""
+    return home / "raw" / f".{name}.fetch.lock"
+
+
+@contextlib.contextmanager
+def _dataset_lock(cfg: FetchConfig, name: str) -> Iterator[None]:
+    path = lock_path(cfg.home, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timeout = LOCK_TIMEOUT if cfg.lock_timeout is None else cfg.lock_timeout
+    lock = filelock.FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise StarcliError(f"another `starcli fetch {name}` is running on {cfg.home} (lock "
+                           f"{path}); wait for it to finish and run again, or remove the lock "
+                           "if no fetch is running.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _check_request(spec: DatasetSpec, cfg: FetchConfig) -> None:
+    """Refuse a fetch that cannot work before anything (even the lock file) is written."""
+    if spec.format in MODEL_FORMATS:
+        raise StarcliError(
+            f"{spec.name} is a '{spec.format}' entry, which model code fetches, and this "
+            f"caller passed no handler for it; use `starcli fetch {spec.name}` (or pass "
+            f"handlers={{'{spec.format}': ...}} to starcli.data.fetch.fetch).")
+    if spec.access == "synthetic":
+        if cfg.source is not None:
+            raise UsageError(f"{spec.name} is generated by starcli; --from does not apply.")
+        return
+    if cfg.source is not None:
+        _check_source_outside(cfg.source, raw_dir(cfg.home, spec.name))
+
+
+def _check_source_outside(source: Path, target: Path) -> None:
+    """An import rewrites `target`, so a --from source must not be it, hold it or sit in it:
+    the user's copy is only ever read."""
+    src, dst = Path(source).expanduser().resolve(), target.resolve()
+    if src == dst or dst.is_relative_to(src) or src.is_relative_to(dst):
+        raise UsageError(f"--from {source} overlaps {target}, the folder this import "
+                         "replaces; move your copy somewhere else (e.g. ~/Downloads) and pass "
+                         "that, so nothing of yours is rewritten.")
 
 
 def _fetch_one(registry: Registry, spec: DatasetSpec, cfg: FetchConfig,
                progress: Progress | None) -> dict:
     if spec.access == "synthetic":
-        if cfg.source is not None:
-            raise UsageError(f"{spec.name} is generated by starcli; --from does not apply.")
         return fetch_synthetic(spec, cfg, progress)
-    if spec.format == "stargan-v1-checkpoint":
-        from starcli.importer import fetch_pretrained
-
-        return fetch_pretrained(spec, cfg, progress)
     if cfg.source is not None:
         if spec.format == "rafd":
             return import_rafd(spec, cfg.home, cfg.source, progress)
@@ -159,24 +235,31 @@ def download_dataset(spec: DatasetSpec, cfg: FetchConfig, progress: Progress | N
                                                             else None)
             used = download(sources, dest, size=f.size, md5=f.md5, sha256=f.sha256,
                             expect=expect, progress=progress)
-            _mark_verified(dest)
+            _mark_verified(dest, f)
             results.append({"file": f.name, "status": "downloaded", "source": used})
         if f.kind == "archive":
-            results[-1]["extracted"] = _extract_once(dest, target, spec, progress)
+            results[-1]["extracted"] = _extract_once(dest, target, spec, progress,
+                                                     force=cfg.force)
     _write_stamp(target, {"dataset": spec.name, "files": results, "time": time.time()})
     return {"dataset": spec.name, "path": str(target), "files": results}
 
 
+def _verify_key(dest: Path, f: FileSpec) -> str:
+    """What a verification vouches for: these bytes (size, mtime) against these expectations
+    (the registry's size and digests), so a changed checksum in the registry checks again."""
+    st = dest.stat()
+    return json.dumps([st.st_size, st.st_mtime_ns, f.size, (f.md5 or "").lower(),
+                       (f.sha256 or "").lower()])
+
+
 def _verified(dest: Path, f: FileSpec, progress: Progress | None) -> bool:
     """True when dest exists and matches the registry. A stamp next to the file remembers a
-    successful check (keyed by size and mtime) so a 1.4 GB zip is not re-hashed every run."""
+    successful check so a 1.4 GB zip is not re-hashed every run."""
     if not dest.is_file():
         return False
     stamp = dest.with_name(f".{dest.name}.verified")
-    st = dest.stat()
-    key = f"{st.st_size}:{st.st_mtime_ns}"
     try:
-        if stamp.read_text() == key:
+        if stamp.read_text() == _verify_key(dest, f):
             return True
     except OSError:
         pass
@@ -186,24 +269,60 @@ def _verified(dest: Path, f: FileSpec, progress: Progress | None) -> bool:
         verify_file(dest, size=f.size, md5=f.md5, sha256=f.sha256, progress=progress)
     except ChecksumError:
         return False
-    _mark_verified(dest)
+    _mark_verified(dest, f)
     return True
 
 
-def _mark_verified(dest: Path) -> None:
+def _mark_verified(dest: Path, f: FileSpec) -> None:
     from starcli.utils import atomic_write_text
 
-    st = dest.stat()
-    atomic_write_text(dest.with_name(f".{dest.name}.verified"), f"{st.st_size}:{st.st_mtime_ns}")
+    atomic_write_text(dest.with_name(f".{dest.name}.verified"), _verify_key(dest, f))
+
+
+def _archive_key(archive: Path) -> str:
+    st = archive.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _images_on_disk(target: Path, tops: list[str]) -> int:
+    from starcli.data.archive import count_images
+
+    n = 0
+    for top in tops:
+        path = target / top
+        if path.is_dir():
+            n += count_images(path, _IMAGE_EXTS)
+        elif path.is_file() and top.lower().endswith(_IMAGE_EXTS):
+            n += 1
+    return n
+
+
+def _extraction_intact(stamp: Path, archive: Path, target: Path) -> int | None:
+    """The stamp's count when this archive's extraction is still on disk: every top-level
+    entry there and no image missing. None means extract (again)."""
+    try:
+        done = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or done.get("archive") != _archive_key(archive):
+        return None  # an old-style stamp or another copy of the archive
+    tops = done.get("tops", [])
+    if not all((target / top).exists() for top in tops):
+        return None
+    if _images_on_disk(target, tops) < done.get("images", 0):
+        return None
+    return int(done.get("count", 0))
 
 
 def _extract_once(archive: Path, target: Path, spec: DatasetSpec,
-                  progress: Progress | None) -> int:
+                  progress: Progress | None, force: bool = False) -> int:
+    """Extract `archive` into `target` unless its stamp shows the result is still there."""
     from starcli.data.archive import count_images, safe_extract
+    from starcli.utils import atomic_write_text
 
     stamp = target / f".{archive.name}.extracted"
-    if stamp.is_file():
-        return int(stamp.read_text() or 0)
+    if not force and (n := _extraction_intact(stamp, archive, target)) is not None:
+        return n
     members = safe_extract(archive, target, progress=progress)
     n = len(members)
     if spec.image_dir and archive.name.startswith(spec.image_dir) and spec.image_count:
@@ -214,9 +333,10 @@ def _extract_once(archive: Path, target: Path, spec: DatasetSpec,
                 f"expected {spec.image_count}. Delete {archive} and run `starcli fetch "
                 f"{spec.name}` again.")
         n = found
-    from starcli.utils import atomic_write_text
-
-    atomic_write_text(stamp, str(n))
+    tops = sorted({m.split("/")[0] for m in members})
+    images = sum(1 for m in members if m.lower().endswith(_IMAGE_EXTS))
+    atomic_write_text(stamp, json.dumps({"archive": _archive_key(archive), "count": n,
+                                         "tops": tops, "images": images}))
     return n
 
 
@@ -301,7 +421,7 @@ def _import_file(spec: DatasetSpec, f: FileSpec, found: Path, target: Path,
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         shutil.copyfile(found, tmp)
         os.replace(tmp, dest)
-    _mark_verified(dest)
+    _mark_verified(dest, f)
     result = {"file": f.name, "status": status}
     if f.kind == "archive":
         result["extracted"] = _extract_once(dest, target, spec, progress)

@@ -5,14 +5,23 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import zipfile
 
+import filelock
 import pytest
 from typer.testing import CliRunner
 
 from starcli.cli import app
+from starcli.data import download as dl
+from starcli.data import fetch as fetch_mod
 from starcli.data.fetch import FetchConfig, fetch
+from starcli.errors import StarcliError
 
 runner = CliRunner()
 
@@ -25,6 +34,16 @@ def _zip_bytes(files: dict[str, bytes]) -> bytes:
         for name, data in files.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Back-off sleeps are recorded, not slept, and gdown cannot run: a test that would
+    fall back to Google Drive fails at once instead of reaching the network."""
+    sleeps = []
+    monkeypatch.setattr(dl, "_sleep", sleeps.append)
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    return sleeps
 
 
 @pytest.fixture
@@ -120,14 +139,17 @@ def test_image_count_is_checked(home, server):
     assert "expected 5" in result.output
 
 
-def test_404_everywhere_is_exit_1_with_next_step(home, server):
+def test_404_everywhere_is_exit_1_with_next_step(home, server, offline):
     files = {"list_attr_celeba.txt": ATTR.encode()}  # registered but not served
     (home / "datasets.toml").write_text(_entry("celeba", files, 3))
     result = runner.invoke(app, ["fetch", "celeba", "--mirror", server.url])
     assert result.exit_code == 1, result.output
-    out = " ".join(result.output.split())  # rich wraps lines where the port's length puts them
-    assert "404" in out and "--mirror" in out, out
-    assert "Traceback" not in out
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1, result.output
+    assert "HTTP 404" in error[0] and "--mirror" in error[0], result.output
+    assert "Traceback" not in result.output
+    # One request, no retry, no back-off and no other source: a 404 is final.
+    assert server.seen == ["/data/list_attr_celeba.txt"] and offline == []
 
 
 def test_from_local_folder_is_verified(home, tmp_path, server):
@@ -193,3 +215,214 @@ def test_fetch_demo_generates_both_sets_and_skips_when_done(home):
     assert attr[0].strip() == "40" and len(attr) == 42
     again = runner.invoke(app, ["fetch", "demo-celeba", "--count", "40", "--json"])
     assert json.loads(again.stdout)["skipped"] is True
+
+
+# --------------------------------------------------------------------------- --from overlaps
+
+
+def _tree(root):
+    """Every entry below root: relative path -> sha256 of a file, 'dir', or the link target."""
+    out = {}
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = "link:" + os.readlink(path)
+            elif os.path.isdir(path):
+                out[rel] = "dir"
+            else:
+                with open(path, "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _user_rafd_folder(home):
+    """The user unpacked RaFD (and more) straight into starcli's own raw/rafd/."""
+    own = home / "raw" / "rafd"
+    (own / "extra").mkdir(parents=True)
+    (own / "Rafd090_07_Caucasian_female_happy_frontal.jpg").write_bytes(b"face-1")
+    (own / "notes.txt").write_text("my notes")
+    (own / "extra" / "Rafd045_12_Moroccan_male_angry_left.jpg").write_bytes(b"face-2")
+    (own / "extra" / "consent.pdf").write_bytes(b"%PDF")
+    (own / "RaFD.zip").write_bytes(_zip_bytes({"Rafd090_01_Kid_male_sad_left.jpg": b"k"}))
+    return own
+
+
+@pytest.mark.parametrize("source", ["raw/rafd", "raw", ".", "raw/rafd/extra",
+                                    "raw/rafd/RaFD.zip", "link"])
+def test_rafd_from_a_source_overlapping_the_target_is_refused_untouched(home, tmp_path,
+                                                                        source):
+    own = _user_rafd_folder(home)
+    (tmp_path / "link").symlink_to(own, target_is_directory=True)
+    path = tmp_path / "link" if source == "link" else home / source
+    before = _tree(tmp_path)
+    result = runner.invoke(app, ["fetch", "rafd", "--from", str(path)])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "--from" in error[0] and str(own) in error[0], result.output
+    assert "Traceback" not in result.output
+    assert _tree(tmp_path) == before  # not one byte moved, renamed or deleted
+
+
+def test_celeba_from_its_own_raw_folder_is_refused_untouched(home, tmp_path, server):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    own = home / "raw" / "celeba"
+    own.mkdir(parents=True)
+    for name, data in files.items():
+        (own / name).write_bytes(data)
+    (own / "mine.txt").write_text("keep")
+    before = _tree(tmp_path)
+    result = runner.invoke(app, ["fetch", "celeba", "--from", str(home)])
+    assert result.exit_code == 2, result.output
+    assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- extraction stamp
+
+
+def test_deleted_or_partial_image_folder_is_extracted_again(home, server):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    assert runner.invoke(app, ["fetch", "celeba", "--mirror", server.url]).exit_code == 0
+    images = home / "raw" / "celeba" / "img_align_celeba"
+    (images / "000002.jpg").unlink()  # partial
+    requests = len(server.seen)
+    result = runner.invoke(app, ["fetch", "celeba", "--mirror", server.url])
+    assert result.exit_code == 0, result.output
+    assert (images / "000002.jpg").read_bytes() == b"\xff\xd8fake-jpeg-2"
+    assert len(server.seen) == requests  # the verified zip was reused, not downloaded again
+    shutil.rmtree(images)  # gone
+    assert runner.invoke(app, ["fetch", "celeba", "--mirror", server.url]).exit_code == 0
+    assert sorted(p.name for p in images.iterdir()) == ["000001.jpg", "000002.jpg",
+                                                         "000003.jpg"]
+
+
+def test_force_extracts_again(home, server):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    assert runner.invoke(app, ["fetch", "celeba", "--mirror", server.url]).exit_code == 0
+    image = home / "raw" / "celeba" / "img_align_celeba" / "000001.jpg"
+    image.write_bytes(b"damaged")  # same count, wrong bytes: only --force can tell
+    result = runner.invoke(app, ["fetch", "celeba", "--mirror", server.url, "--force"])
+    assert result.exit_code == 0, result.output
+    assert image.read_bytes() == b"\xff\xd8fake-jpeg-1"
+
+
+# --------------------------------------------------------------------------- verification stamp
+
+
+def test_changed_registry_digest_forces_verification_again(home, server):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    assert runner.invoke(app, ["fetch", "celeba", "--mirror", server.url]).exit_code == 0
+    good_sha = hashlib.sha256(files["list_attr_celeba.txt"]).hexdigest()
+    text = (home / "datasets.toml").read_text().replace(good_sha, "0" * 64)
+    (home / "datasets.toml").write_text(text)
+    result = runner.invoke(app, ["fetch", "celeba", "--mirror", server.url])
+    assert result.exit_code == 1, result.output  # the old stamp no longer vouches for it
+    assert "list_attr_celeba.txt" in result.output and "sha256" in result.output
+
+
+# --------------------------------------------------------------------------- one fetch at a time
+
+
+def _held_lock(home, name):
+    path = fetch_mod.lock_path(home, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path), thread_local=False)
+    lock.acquire()
+    return lock, path
+
+
+def test_second_fetch_of_a_dataset_fails_clearly_while_one_runs(home, server):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    lock, path = _held_lock(home, "celeba")
+    try:
+        with pytest.raises(StarcliError) as info:
+            fetch(FetchConfig(home=home, dataset="celeba", mirrors=(server.url,),
+                              lock_timeout=0.2))
+    finally:
+        lock.release()
+    msg = str(info.value)
+    assert "another `starcli fetch celeba`" in msg and str(path) in msg and "\n" not in msg
+    assert server.seen == [] and not list(home.rglob("*.part"))
+    summary = fetch(FetchConfig(home=home, dataset="celeba", mirrors=(server.url,),
+                                lock_timeout=0.2))
+    assert {f["status"] for f in summary["files"]} == {"downloaded"}
+
+
+def test_fetch_waits_for_a_running_fetch_then_goes_on(home, server):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    lock, _ = _held_lock(home, "celeba")
+    timer = threading.Timer(0.3, lock.release)
+    timer.start()
+    try:
+        summary = fetch(FetchConfig(home=home, dataset="celeba", mirrors=(server.url,),
+                                    lock_timeout=60))
+    finally:
+        timer.join()
+    assert {f["status"] for f in summary["files"]} == {"downloaded"}
+
+
+def test_locked_fetch_from_the_cli_is_one_line_exit_1(home, server, monkeypatch):
+    files = _tiny_celeba(server)
+    (home / "datasets.toml").write_text(_entry("celeba", files, 3))
+    monkeypatch.setattr(fetch_mod, "LOCK_TIMEOUT", 0.1)
+    lock, _ = _held_lock(home, "celeba")
+    try:
+        result = runner.invoke(app, ["fetch", "celeba", "--mirror", server.url])
+    finally:
+        lock.release()
+    assert result.exit_code == 1, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "another `starcli fetch celeba`" in error[0], result.output
+
+
+# --------------------------------------------------------------------------- format handlers
+
+_CKPT = ('[mine-ckpt]\ntitle = "weights"\naccess = "download"\n'
+         'format = "stargan-v1-checkpoint"\n')
+
+
+def test_checkpoint_formats_go_to_the_handler_the_caller_gives(home):
+    (home / "datasets.toml").write_text(_CKPT)
+    calls = []
+
+    def handler(spec, cfg, progress):
+        calls.append((spec.name, cfg.dataset, progress))
+        return {"dataset": spec.name, "path": "somewhere"}
+
+    out = fetch(FetchConfig(home=home, dataset="mine-ckpt"),
+                handlers={"stargan-v1-checkpoint": handler})
+    assert out == {"dataset": "mine-ckpt", "path": "somewhere"}
+    assert calls == [("mine-ckpt", "mine-ckpt", None)]
+
+
+def test_checkpoint_format_without_a_handler_is_a_clear_error(home):
+    (home / "datasets.toml").write_text(_CKPT)
+    with pytest.raises(StarcliError) as info:
+        fetch(FetchConfig(home=home, dataset="mine-ckpt"), handlers={})
+    msg = str(info.value)
+    assert "mine-ckpt" in msg and "stargan-v1-checkpoint" in msg and "\n" not in msg
+    assert "starcli fetch mine-ckpt" in msg
+
+
+def test_data_layer_dispatches_without_importing_model_code(home):
+    (home / "datasets.toml").write_text(_CKPT)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from starcli.data.fetch import FetchConfig, fetch\n"
+        f"out = fetch(FetchConfig(home=Path({str(home)!r}), dataset='mine-ckpt'),\n"
+        "            handlers={'stargan-v1-checkpoint': lambda s, c, p: {'dataset': s.name}})\n"
+        "allowed = ('starcli.data', 'starcli.errors', 'starcli.paths', 'starcli.progress',\n"
+        "           'starcli.utils')\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('starcli.')\n"
+        "             and not m.startswith(allowed)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout.strip().replace("'", '"')) == []
