@@ -11,6 +11,7 @@ with a reason too, so a caller can list every file it skipped.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 import warnings
@@ -81,9 +82,11 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} megapixels"
 
 
-def _too_large(width: int, height: int, max_pixels: int) -> ImageSkipped:
+def _too_large(pixels: int, max_pixels: int, dims: tuple[int, int] | None = None
+               ) -> ImageSkipped:
+    size = f"{dims[0]}x{dims[1]} = " if dims else ""
     return ImageSkipped(
-        f"too large: {width}x{height} = {_megapixels(width * height)}, over the "
+        f"too large: {size}{_megapixels(pixels)}, over the "
         f"{_megapixels(max_pixels)} limit that guards against decompression bombs; "
         "downscale it first")
 
@@ -135,7 +138,7 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         with Image.open(path) as im:
             width, height = im.size
             if width * height > max_pixels:
-                raise _too_large(width, height, max_pixels)
+                raise _too_large(width * height, max_pixels, (width, height))
             if width < 1 or height < 1:
                 raise ImageSkipped(f"image has no pixels ({width}x{height})")
             if draft and im.format == "JPEG":
@@ -150,7 +153,11 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         # Pillow refuses at 2x its own limit before we see the size: say the same thing.
         size = _header_size(path)
         if size is not None:
-            raise _too_large(size[0], size[1], max_pixels) from None
+            raise _too_large(size[0] * size[1], max_pixels, size) from None
+        # Some readers (GIF frames) check while opening: only Pillow's message has the size.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found:
+            raise _too_large(int(found.group(1)), max_pixels) from None
         raise ImageSkipped(f"too large ({exc}); downscale it first") from None
     except UnidentifiedImageError:
         raise ImageSkipped("not an image (unrecognised file format)") from None
@@ -178,7 +185,7 @@ def _header_size(path: Path) -> tuple[int, int] | None:
                     fp.seek(0)
                     return factory(fp, str(path)).size
                 except (SyntaxError, IndexError, TypeError, ValueError, OSError,
-                        struct.error):
+                        struct.error, Image.DecompressionBombError):
                     continue
     except OSError:
         return None

@@ -168,3 +168,13 @@ def test_printable_path_escapes_bytes_that_are_not_utf8():
     assert printable_path(Path("a/é.png")) == "a/é.png"
     assert printable_path(os.fsdecode(b"dir/caf\xe9-\xff.jpg")) == "dir/caf\\xe9-\\xff.jpg"
     assert printable_path("\ud800x").encode("utf-8") == b"\\ud800x"
+
+
+def test_a_gif_frame_larger_than_its_screen_is_too_large_not_a_crash(tmp_path):
+    """Pillow's GIF reader checks the frame's size while *opening* the file, so even the
+    header-only size probe raised DecompressionBombError out of load_image."""
+    screen = struct.pack("<HHBBB", 10, 10, 0, 0, 0)
+    frame = struct.pack("<HHHHB", 0, 0, 60000, 60000, 0)
+    (tmp_path / "frame.gif").write_bytes(b"GIF89a" + screen + b"," + frame + b"\x08\x00;")
+    with pytest.raises(ImageSkipped, match=r"^too large: 3600\.0 megapixels, over the 89\.5 "):
+        load_image(tmp_path / "frame.gif")
