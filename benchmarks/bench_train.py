@@ -9,7 +9,8 @@ parameter counts equal the official ones) with the same config (WGAN-GP, n_criti
   worker; the D step makes the fakes WITH a graph and detaches them, as the official code does;
   real, fake and interpolated images go through D in three passes; the gradient penalty is
   written inline; default (for-loop) Adam; G and D gradients zeroed before each backward.
-- starcli: `starcli.training._Step` (the loop's own step) fed by TrainStream from HDF5 shards:
+- starcli: the engine's own step (`starcli.engine.build_parts` + `attach_step`, exactly what
+  `starcli train` runs) fed by TrainStream from HDF5 shards:
   bf16 autocast where the CPU has it, fakes without a graph, real+fake in one D pass, no D
   weight gradients in the G step, foreach Adam. Also run in fp32 to split the gain into
   algorithm and precision.
@@ -41,9 +42,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from starcli.config import TrainConfig
-from starcli.data.dataset import TrainStream, iterate_split, joint_layout, open_prepared, to_tensor
-from starcli.models.networks import Discriminator, Generator, ModelConfig
-from starcli.training import _adam, _runtime, _Step
+from starcli.data.dataset import TrainStream, iterate_split, open_prepared, to_tensor
+from starcli.engine import attach_step, build_parts, describe_run
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
 
 SELECTED = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 BATCH = 16
@@ -186,20 +187,9 @@ def starcli_runner(case: Case, home: Path, seed: int, precision: str, workers: i
         g_conv_dim=case.conv, d_conv_dim=case.conv, g_repeat_num=case.g_repeat,
         d_repeat_num=case.d_repeat, precision=precision, device="cpu", workers=workers,
         seed=seed, batch_size=BATCH)
-    ds = open_prepared(home, "demo-celeba", case.image_size)
-    layout = joint_layout([ds])
-    rt = _runtime(cfg)
-    torch.manual_seed(seed)
-    mc = ModelConfig(image_size=case.image_size, c_dim=layout.c_dim, cls_dim=layout.cls_dim,
-                     g_conv_dim=case.conv, d_conv_dim=case.conv, g_repeat_num=case.g_repeat,
-                     d_repeat_num=case.d_repeat)
-    G, D = Generator(mc), Discriminator(mc)
-    if rt.channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    step_fn = _Step(cfg=cfg, rt=rt, layout=layout, G=G, D=D, D_eager=D, D_g=D,
-                    opt_g=_adam(G.parameters(), cfg.g_lr, cfg, rt.device),
-                    opt_d=_adam(D.parameters(), cfg.d_lr, cfg, rt.device),
-                    gen=torch.Generator().manual_seed(seed), d_steps=[0])
+    plan = describe_run(cfg)
+    ds, layout = plan.datasets[0], plan.layout
+    step_fn = attach_step(plan, build_parts(plan))
     stream = TrainStream([ds], layout, batch_size=BATCH, workers=workers, seed=seed)
     it = iter(stream)
     state = {"i": 0}
@@ -209,8 +199,7 @@ def starcli_runner(case: Case, home: Path, seed: int, precision: str, workers: i
         batch = next(it)
         waited = time.perf_counter() - t0
         state["i"] += 1
-        x = batch.model_input("cpu", rt.channels_last)
-        step_fn(state["i"], x, batch.labels, batch.c, batch.space_index)
+        step_fn(state["i"], batch)
         return waited
 
     return step, stream.close
@@ -301,7 +290,7 @@ def evaluate(ckpt_dir: str, home: Path, size: int) -> dict:
 
 
 def learning_check(home: Path, iters: int, seeds: list[int], work: Path) -> dict:
-    from starcli.training import train
+    from starcli.engine import train
 
     out: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     for seed in seeds:

@@ -175,7 +175,7 @@ def check_agreement(G: nn.Module, g_official: dict, precision: str) -> None:
     """Our inference path vs the official module on the same input (values in [-1, 1])."""
     import copy
 
-    from starcli.translate import InferenceModel
+    from starcli.families.stargan_v1.translator import Translator
 
     official = OfficialGenerator()
     official.load_state_dict(g_official)
@@ -184,7 +184,7 @@ def check_agreement(G: nn.Module, g_official: dict, precision: str) -> None:
     with torch.no_grad():
         ref = official(x, torch.from_numpy(c))
     for p in sorted({"fp32", precision}):
-        model = InferenceModel(copy.deepcopy(G), None, torch.device("cpu"), p)
+        model = Translator(copy.deepcopy(G), None, torch.device("cpu"), p)
         with torch.inference_mode():
             y = model.generate(x.to(model.dtype).contiguous(memory_format=torch.channels_last),
                                c).float()
@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from starcli.checkpoint import save_checkpoint
     from starcli.data.labels import LabelLayout, LabelSpace
-    from starcli.models.networks import Discriminator, Generator, ModelConfig
-    from starcli.models.official import to_official_generator
-    from starcli.translate import resolve_precision
+    from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
+    from starcli.families.stargan_v1.official import to_official_generator
+    from starcli.runtime import resolve_precision
 
     work = Path(tempfile.mkdtemp(prefix="bench-translate-"))
     try:
@@ -223,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         G, D = Generator(cfg), Discriminator(cfg)
         layout = LabelLayout((LabelSpace("celeba", "celeba", "multilabel", ATTRS, (HAIR,)),))
-        save_checkpoint(work / "run", 200000, G, D, {"model": cfg.to_dict(),
-                                                     "labels": layout.to_dict(), "train": {},
-                                                     "datasets": []}, None, keep_last=1)
+        save_checkpoint(work / "run", 200000, {"G": G, "D": D},
+                        {"model": cfg.to_dict(), "labels": layout.to_dict(), "train": {},
+                         "datasets": []}, None, keep_last=1)
         g_official = to_official_generator(G.state_dict())
-        auto = resolve_precision("auto", torch.device("cpu"))
+        auto = resolve_precision("auto", torch.device("cpu"), inference=True)
         print(f"{args.images} faces of {SIZE} px, 5 targets each, paper-size G "
               f"({sum(p.numel() for p in G.parameters()):,} params), torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads, "

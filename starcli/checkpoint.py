@@ -1,9 +1,14 @@
 """Checkpoints: one directory per saved step, complete or absent.
 
     runs/<name>/checkpoints/step-00001000/
-        G.safetensors  D.safetensors   weights (no `module.`/`_orig_mod.` prefixes)
-        meta.json                      model config, label table, train config, datasets
+        <module>.safetensors           one per named module (StarGAN v1: G, D, G_ema), no
+                                       `module.`/`_orig_mod.` prefixes
+        meta.json                      family, format version, model config, label table,
+                                       train config, datasets, module names
         state.pt                       optimisers, RNG states, schedule and loader position
+
+A checkpoint names its model family (`meta["family"]`) and loading dispatches on it; one
+written before families existed (format version 1, no `family`) is StarGAN v1.
 
 A checkpoint is written as `checkpoints/.tmp-step-…-<pid>/` and renamed into place, so a
 directory under its final name is always complete. `state.pt` holds plain tensors and
@@ -11,7 +16,7 @@ containers only and is read with `torch.load(weights_only=True)`: a file carryin
 Python object is refused, never executed.
 
     ckpt = load_checkpoint(resolve_checkpoint(Path("runs/latest")))
-    fake = ckpt.G(x, ckpt.layout.encode(0, labels))
+    fake = ckpt.G(x, ckpt.layout.encode(0, labels))   # ckpt.modules["G"]
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import os
 import pickle
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +38,22 @@ from torch import nn
 
 from starcli import __version__
 from starcli.data.labels import LabelLayout
-from starcli.errors import CheckpointError
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.errors import CheckpointError, ConfigError
+from starcli.families import LEGACY_FAMILY, get_family
 from starcli.utils import fsync_path
 
 __all__ = ["FORMAT", "VERSION", "LoadedCheckpoint", "resolve_checkpoint", "load_checkpoint",
            "save_checkpoint", "load_training_state", "list_checkpoints", "clean_state_dict",
-           "load_weights", "read_meta", "step_dir_name", "EMA_FILE"]
+           "load_weights", "read_meta", "step_dir_name", "EMA_FILE", "family_of"]
 
 FORMAT = "starcli-checkpoint"
+# Version 1 is what starcli before model families wrote and still reads: a StarGAN v1
+# checkpoint keeps that version (the added `family`/`modules` keys are ignored by old
+# readers). A family whose checkpoints older starcli cannot load raises it, so they refuse.
 VERSION = 1
-EMA_FILE = "G_ema.safetensors"  # moving average of G's weights (runs with --g-ema)
+EMA_FILE = "G_ema.safetensors"  # moving average of G's weights (StarGAN v1 runs with --g-ema)
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
+_MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -53,20 +63,37 @@ def step_dir_name(step: int) -> str:
 
 @dataclass
 class LoadedCheckpoint:
-    """A checkpoint ready for inference: G (eval mode), optionally D, and what they mean."""
+    """A checkpoint ready for inference: its family's modules (eval mode) and what they mean.
 
-    G: Generator
-    D: Discriminator | None
-    model: ModelConfig
+    `modules` holds what inference uses under the training names: for StarGAN v1 "G" (the
+    moving average when the run kept one) and, when loaded, "D"."""
+
+    family: str
+    modules: dict[str, nn.Module]
+    model: Any  # the family's model config (StarGAN v1: ModelConfig)
     layout: LabelLayout
     meta: dict[str, Any]
     path: Path  # the checkpoint directory
     state: dict[str, Any] | None = None  # training state, only with with_state=True
-    ema: bool = False  # G holds the moving-average weights (G_ema.safetensors)
+    ema: bool = False  # the modules hold moving-average weights (e.g. G_ema.safetensors)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def step(self) -> int:
         return int(self.meta.get("step", 0))
+
+    @property
+    def G(self) -> nn.Module | None:  # noqa: N802 - the paper's name
+        return self.modules.get("G")
+
+    @property
+    def D(self) -> nn.Module | None:  # noqa: N802 - the paper's name
+        return self.modules.get("D")
+
+
+def family_of(meta: dict[str, Any]) -> str:
+    """The model family a checkpoint's meta names (pre-family checkpoints are StarGAN v1)."""
+    return meta.get("family") or LEGACY_FAMILY
 
 
 def clean_state_dict(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -98,17 +125,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: dict[str, Any],
-                    state: dict[str, Any] | None, keep_last: int,
-                    G_ema: nn.Module | None = None) -> Path:
+def save_checkpoint(run_dir: Path, step: int, modules: Mapping[str, nn.Module],
+                    meta: dict[str, Any], state: dict[str, Any] | None,
+                    keep_last: int) -> Path:
     """Write checkpoints/step-<step>/ atomically, then keep only the newest `keep_last`.
 
-    With `G_ema` (the moving average of G's weights) the checkpoint also holds
-    G_ema.safetensors, which `load_checkpoint` prefers for inference.
-
-    `meta` is completed with format, version, step and starcli version. Returns the
-    checkpoint directory.
+    `modules` maps names to modules, each saved as <name>.safetensors (StarGAN v1: G, D and,
+    with a moving average, G_ema, which `load_checkpoint` prefers for inference). `meta` is
+    completed with format, version, step, starcli version, the module names and the family
+    (StarGAN v1 unless meta names one). Returns the checkpoint directory.
     """
+    for name in modules:
+        if not _MODULE_RE.match(name):
+            raise ValueError(f"module name {name!r} cannot be a checkpoint file name")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -117,15 +146,16 @@ def save_checkpoint(run_dir: Path, step: int, G: nn.Module, D: nn.Module, meta: 
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file(clean_state_dict(G), str(tmp / "G.safetensors"), metadata={"format": "pt"})
-        save_file(clean_state_dict(D), str(tmp / "D.safetensors"), metadata={"format": "pt"})
-        if G_ema is not None:
-            save_file(clean_state_dict(G_ema), str(tmp / EMA_FILE), metadata={"format": "pt"})
+        for name, module in modules.items():
+            save_file(clean_state_dict(module), str(tmp / f"{name}.safetensors"),
+                      metadata={"format": "pt"})
         if state is not None:
             torch.save(state, tmp / "state.pt")
         full_meta = {"format": FORMAT, "version": VERSION, "step": int(step),
-                     "starcli": __version__, **{k: v for k, v in meta.items()
-                                                if k not in ("format", "version", "step")}}
+                     "starcli": __version__, "family": family_of(meta),
+                     "modules": list(modules),
+                     **{k: v for k, v in meta.items()
+                        if k not in ("format", "version", "step", "family", "modules")}}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
         for f in tmp.iterdir():
             fsync_path(f)
@@ -184,7 +214,7 @@ def resolve_checkpoint(path: Path | str | None) -> Path:
     """The checkpoint directory meant by `path`.
 
     None → ./runs/latest; a run directory → its newest complete checkpoint; a checkpoint
-    directory; or a file inside one (G.safetensors, D.safetensors, meta.json, state.pt).
+    directory; or a file inside one (<module>.safetensors, meta.json, state.pt).
     """
     if path is None or str(path) == "latest":
         latest = _latest_link(Path("runs"))
@@ -194,8 +224,8 @@ def resolve_checkpoint(path: Path | str | None) -> Path:
         path = latest
     path = Path(path)
     if path.is_file():
-        if path.name in ("G.safetensors", EMA_FILE, "D.safetensors", "meta.json",
-                         "state.pt"):
+        if (path.suffix == ".safetensors" or path.name in ("meta.json", "state.pt")) and \
+                (path.parent / "meta.json").is_file():
             path = path.parent
         else:
             raise CheckpointError(f"{path} is not part of a starcli checkpoint; pass a run "
@@ -278,9 +308,10 @@ def load_checkpoint(path: Path | str | None, device: str | torch.device = "cpu",
                     ema: bool = True) -> LoadedCheckpoint:
     """Load a checkpoint (anything `resolve_checkpoint` accepts) for inference.
 
-    G (and D) come back in eval mode on `device`. G holds the moving-average weights when the
-    run kept them (`ema=False`: the raw training weights). `with_state=True` also reads the
-    training state (optimisers, RNGs), refusing unsafe pickles.
+    The modules come back in eval mode on `device`, built by the family the checkpoint names.
+    They hold the moving-average weights when the run kept them (`ema=False`: the raw training
+    weights). `with_discriminator=False` skips the discriminator; `with_state=True` also reads
+    the training state (optimisers, RNGs), refusing unsafe pickles.
     """
     ckpt_dir = resolve_checkpoint(path)
     meta = read_meta(ckpt_dir)
@@ -288,20 +319,19 @@ def load_checkpoint(path: Path | str | None, device: str | torch.device = "cpu",
         raise CheckpointError(f"{ckpt_dir} has no label table; it was not written by starcli "
                               "train (import official weights with `starcli import stargan-v1`).")
     try:
+        family = get_family(family_of(meta))
+    except ConfigError:
+        raise CheckpointError(f"{ckpt_dir / 'meta.json'} names the model family "
+                              f"{meta.get('family')!r}, which this starcli does not know; "
+                              "upgrade starcli.") from None
+    try:
         layout = LabelLayout.from_dict(meta["labels"])
-        model = ModelConfig.from_dict(meta["model"])
+        model = family.model_from_dict(meta["model"])
     except Exception as exc:  # noqa: BLE001 - any malformed table is the same user problem
         raise CheckpointError(f"{ckpt_dir / 'meta.json'} has a malformed model or label table "
                               f"({exc}).") from None
     state = load_training_state(ckpt_dir) if with_state else None
-    G = Generator(model)
-    use_ema = ema and (ckpt_dir / EMA_FILE).is_file()
-    load_weights(G, ckpt_dir / (EMA_FILE if use_ema else "G.safetensors"))
-    G.to(device).eval()
-    D = None
-    if with_discriminator:
-        D = Discriminator(model)
-        load_weights(D, ckpt_dir / "D.safetensors")
-        D.to(device).eval()
-    return LoadedCheckpoint(G=G, D=D, model=model, layout=layout, meta=meta, path=ckpt_dir,
-                            state=state, ema=use_ema)
+    modules, used_ema = family.load_inference(ckpt_dir, meta, model, device=device,
+                                              with_discriminator=with_discriminator, ema=ema)
+    return LoadedCheckpoint(family=family.name, modules=modules, model=model, layout=layout,
+                            meta=meta, path=ckpt_dir, state=state, ema=used_ema)

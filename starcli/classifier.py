@@ -32,6 +32,7 @@ from starcli.data.dataset import PreparedDataset, TrainStream, iterate_split, to
 from starcli.data.labels import LabelLayout, LabelSpace
 from starcli.errors import StarcliError
 from starcli.progress import Progress, log, progress_task
+from starcli.runtime import resolve_device
 from starcli.utils import atomic_write_bytes, atomic_write_json
 
 FORMAT = "starcli-classifier"
@@ -135,19 +136,9 @@ def decide(probs: torch.Tensor, kind: str) -> torch.Tensor:
     return F.one_hot(probs.argmax(1), probs.shape[1]).bool()
 
 
-def content_digest(prepared: PreparedDataset) -> str:
-    """SHA-256 over the manifest's per-shard content checksums (split, index order)."""
-    entries = sorted(prepared.manifest.get("shards", []),
-                     key=lambda s: (str(s["split"]), int(s["index"])))
-    digest = hashlib.sha256()
-    for s in entries:
-        digest.update(f"{s['split']}/{int(s['index'])}:{s['content_sha256']}\n".encode())
-    return digest.hexdigest()
-
-
 def cache_key(prepared: PreparedDataset) -> str:
     """What a cached classifier must match: the data, the selected label table, the recipe."""
-    blob = json.dumps({"content": content_digest(prepared), "space": prepared.space.to_dict(),
+    blob = json.dumps({"content": prepared.content_digest(), "space": prepared.space.to_dict(),
                        "version": VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -166,12 +157,6 @@ def classifier_path(prepared: PreparedDataset, home: Path | None = None) -> Path
 def auto_epochs(train_images: int, batch_size: int) -> int:
     steps_per_epoch = max(1, math.ceil(train_images / batch_size))
     return int(min(_MAX_EPOCHS, max(_MIN_EPOCHS, math.ceil(_AUTO_STEPS / steps_per_epoch))))
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -229,7 +214,7 @@ def train_classifier(prepared: PreparedDataset, *, epochs: int | None = None, se
         log(progress, f"Classifier for {prepared.name}: reusing {path}")
         return path
 
-    dev = _device(device)
+    dev = resolve_device(device)
     cfg = ClassifierConfig(image_size=prepared.image_size, outputs=prepared.space.width,
                            kind=prepared.space.kind)
     torch.manual_seed(seed)
@@ -275,7 +260,7 @@ def train_classifier(prepared: PreparedDataset, *, epochs: int | None = None, se
     holdout_acc = (accuracy_on(trained, prepared, holdout)["mean"]
                    if prepared.splits.get(holdout) else None)
     meta = {"format": FORMAT, "version": VERSION, **wanted, "dataset": prepared.name,
-            "image_size": prepared.image_size, "content": content_digest(prepared),
+            "image_size": prepared.image_size, "content": prepared.content_digest(),
             "space": prepared.space.to_dict(), "arch": cfg.to_dict(), "train_images": n_train,
             "steps": steps, "seconds": round(seconds, 2),
             "holdout": {"split": holdout, "accuracy": holdout_acc}}
@@ -298,7 +283,7 @@ def load_classifier(path: Path, device: str | torch.device | None = "cpu") -> Tr
         raise StarcliError(f"{path} is not a starcli eval classifier (missing or unreadable "
                            f"{path.with_suffix('.json').name}); run `starcli eval "
                            f"train-classifier` again.")
-    dev = _device(device)
+    dev = resolve_device(device)
     cfg = ClassifierConfig(**meta["arch"])
     model = AttributeClassifier(cfg)
     try:

@@ -1,19 +1,16 @@
-"""Training configuration: one frozen dataclass and its presets.
+"""Training configuration: generic run settings plus the options of one model family.
 
     cfg = TrainConfig.from_preset("demo", datasets=("demo-celeba",), iters=500)
+    cfg.family, cfg.options            # "stargan-v1", StarGANv1Options(...)
+    cfg.n_critic                       # family options read through the config too
 
-A preset fills every field; explicit keyword arguments override it. `__post_init__` rejects
-configurations that can never work, naming the command-line flag, so `starcli train` fails
-with exit 2 before any data is read.
-
-Presets:
-
-- ``paper``: the official StarGAN v1 hyper-parameters (batch 16, 200k iterations, Adam lr 1e-4,
-  betas (0.5, 0.999), n_critic 5, lambda_cls 1, lambda_rec 10, lambda_gp 10, linear decay to 0
-  over the last 100k iterations updated every 1,000, 128 px, widths 64, 6 residual blocks in G,
-  6 strided convs in D). For real data on a GPU.
-- ``demo``: a recipe for the built-in synthetic faces that learns in minutes on a CPU.
-- ``tiny``: a few-thousand-parameter model at 32 px for tests and smoke runs.
+`TrainConfig` holds what every family shares: data, schedule, runtime and bookkeeping. The
+family's own options (objective, networks, learning rates) live in `cfg.options`, a frozen
+dataclass of the family (`starcli/families/<name>/config.py`), which also owns the presets.
+A preset fills every field; explicit keyword arguments override it, and keyword arguments are
+routed by name to the config or to the options. `__post_init__` rejects configurations that can
+never work, naming the command-line flag, so `starcli train` fails with exit 2 before any data
+is read.
 
 Learning-rate schedule: constant, then a linear decay to 0 over the last `lr_decay_iters`
 iterations (the whole run when that is longer than `iters`). Like the paper the rate changes in
@@ -31,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from starcli.errors import ConfigError
+from starcli.families import DEFAULT_FAMILY, LEGACY_FAMILY, family_info
 
-__all__ = ["TrainConfig", "check_image_size", "PRESETS", "ADV_LOSSES", "PRECISIONS", "ADAM_IMPLS",
-           "DEFAULT_JOINT_DATASETS", "load_run_config", "RESUME_OVERRIDABLE"]
+__all__ = ["TrainConfig", "PRECISIONS", "ADAM_IMPLS", "DEFAULT_JOINT_DATASETS",
+           "load_run_config", "RESUME_OVERRIDABLE", "presets_of"]
 
-ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
 DEFAULT_JOINT_DATASETS = ("celeba", "rafd")
@@ -47,6 +44,11 @@ RESUME_OVERRIDABLE = ("iters", "device", "workers", "compile", "channels_last", 
                       "dist_timeout")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def presets_of(family: str) -> dict[str, dict[str, Any]]:
+    """The presets of a family (ConfigError for an unknown family)."""
+    return family_info(family).presets
 
 
 @dataclass(frozen=True)
@@ -61,38 +63,22 @@ class TrainConfig:
     augment: bool = True  # random horizontal flips, as the paper
     workers: int = 0  # loader processes; 0 reads in the training process
 
+    # Family: its name and its own options (None: the family's defaults)
+    family: str = DEFAULT_FAMILY
+    options: Any = None
+
     # Schedule
     preset: str = "paper"
     iters: int = 200_000
     batch_size: int = 16
     image_size: int = 128  # must equal the prepared data's size
-    adv_loss: str = "wgan-gp"
-    n_critic: int = 5  # D steps per G step
-    lambda_cls: float = 1.0
-    lambda_rec: float = 10.0
-    lambda_gp: float = 10.0  # used only with wgan-gp
-    g_lr: float = 1e-4
-    d_lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
     lr_decay_iters: int = 100_000  # linear decay to 0 over the last N iterations
     lr_update_step: int = 1_000  # the decayed rate changes every this many iterations
-
-    # Model
-    g_conv_dim: int = 64
-    d_conv_dim: int = 64
-    g_repeat_num: int = 6  # residual blocks in G
-    g_down_num: int = 2  # stride-2 convs in G before its residual blocks; image_size must be
-    #                     a multiple of 2**this
-    d_repeat_num: int = 6  # strided convs in D; image_size must be a multiple of 2**this
-    # Exponential moving average of G's weights (as StarGAN v2), kept beside G and used by
-    # samples, translate and eval; 0 = off (the paper), e.g. 0.999 = a ~1,000-step horizon.
-    g_ema: float = 0.0
 
     # Speed (never change the maths beyond rounding)
     precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA) | auto (bf16 where the hardware has it)
     channels_last: bool | None = None  # None: on for CUDA, off on CPU (measured slower there)
-    compile: bool = False  # torch.compile G and D; falls back to eager with a warning
+    compile: bool = False  # torch.compile the networks; falls back to eager with a warning
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     adam_impl: str = "auto"  # auto (fused where available, else foreach) | foreach | fused |
     #                          for-loop
@@ -115,14 +101,31 @@ class TrainConfig:
             object.__setattr__(self, "mix", tuple(float(m) for m in self.mix))
         if self.joint and not self.datasets:
             object.__setattr__(self, "datasets", DEFAULT_JOINT_DATASETS)
+        options_cls = family_info(self.family).options
+        if self.options is None:
+            object.__setattr__(self, "options", options_cls())
+        elif isinstance(self.options, dict):
+            object.__setattr__(self, "options", _build_options(options_cls, self.options))
+        elif not isinstance(self.options, options_cls):
+            raise ConfigError(f"the options of --family {self.family} must be "
+                              f"{options_cls.__name__}, not {type(self.options).__name__}.")
         self._validate()
+
+    def __getattr__(self, name: str) -> Any:
+        # Family options read through the config (cfg.n_critic is cfg.options.n_critic).
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("_") and \
+                name in {f.name for f in fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     # -- validation ---------------------------------------------------------------------
 
     def _validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"--preset {self.preset!r} is not known; choose one of "
-                              f"{', '.join(PRESETS)}.")
+        if self.preset not in presets_of(self.family):
+            raise ConfigError(f"--preset {self.preset!r} is not known for --family "
+                              f"{self.family}; choose one of "
+                              f"{', '.join(presets_of(self.family))}.")
         if not self.datasets:
             raise ConfigError("no dataset given; pass --dataset NAME (or --joint for "
                               "celeba+rafd).")
@@ -140,33 +143,11 @@ class TrainConfig:
                                   f"datasets ({', '.join(self.datasets)}); give one each.")
             if any(m < 0 for m in self.mix) or sum(self.mix) <= 0:
                 raise ConfigError("--mix weights must be non-negative with a positive sum.")
-        positive = ("iters", "batch_size", "n_critic", "lr_update_step", "g_conv_dim",
-                    "d_conv_dim", "d_repeat_num", "g_down_num", "keep_last", "log_every")
-        for name in positive:
+        for name in ("iters", "batch_size", "lr_update_step", "keep_last", "log_every",
+                     "dist_timeout"):
             _check_int(name, getattr(self, name), minimum=1)
-        _check_int("dist_timeout", self.dist_timeout, minimum=1)
-        for name in ("lr_decay_iters", "g_repeat_num", "workers", "sample_every", "save_every",
-                     "seed"):
+        for name in ("lr_decay_iters", "workers", "sample_every", "save_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0)
-        if self.adv_loss not in ADV_LOSSES:
-            raise ConfigError(f"--adv-loss {self.adv_loss!r} is not known; choose one of "
-                              f"{', '.join(ADV_LOSSES)}.")
-        for name in ("lambda_cls", "lambda_rec", "lambda_gp"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ConfigError(f"{_flag(name)} must be a number >= 0, got {value!r}.")
-        for name in ("g_lr", "d_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"{_flag(name)} must be a number > 0, got {value!r}.")
-        if isinstance(self.g_ema, bool) or not isinstance(self.g_ema, (int, float)) or \
-                not 0 <= self.g_ema < 1:
-            raise ConfigError(f"--g-ema must be a number in [0, 1) (0 turns it off), got "
-                              f"{self.g_ema!r}.")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision!r} is not known; choose one of "
                               f"{', '.join(PRECISIONS)}.")
@@ -180,29 +161,50 @@ class TrainConfig:
             raise ConfigError("--precision fp16 needs a CUDA device (it uses a gradient scaler); "
                               "use --precision bf16 on a CPU.")
         _check_int("image_size", self.image_size, minimum=4)
-        check_image_size(self.image_size, self.g_down_num, self.d_repeat_num)
+        self.options.check_image_size(self.image_size)
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, preset: str = "paper", **overrides: Any) -> TrainConfig:
-        """The preset's values with `overrides` on top (None values are ignored, so CLI options
-        left unset fall through to the preset)."""
-        if preset not in PRESETS:
-            raise ConfigError(f"--preset {preset!r} is not known; choose one of "
-                              f"{', '.join(PRESETS)}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}.")
-        values = dict(PRESETS[preset])
+    def from_preset(cls, preset: str = "paper", family: str | None = None,
+                    **overrides: Any) -> TrainConfig:
+        """The family's preset with `overrides` on top (None values are ignored, so CLI options
+        left unset fall through to the preset). Override names are config fields or fields of
+        the family's options."""
+        family = family or DEFAULT_FAMILY
+        presets = presets_of(family)
+        if preset not in presets:
+            raise ConfigError(f"--preset {preset!r} is not known for --family {family}; "
+                              f"choose one of {', '.join(presets)}.")
+        values = dict(presets[preset])
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["preset"] = preset
-        return cls(**values)
+        values["family"] = family
+        return cls._from_flat(values)
+
+    @classmethod
+    def _from_flat(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from one flat dict: config fields by name, the rest to the family options."""
+        family = values.get("family") or LEGACY_FAMILY
+        options_cls = family_info(family).options
+        own = {f.name for f in fields(cls)}
+        option_names = {f.name for f in fields(options_cls)}
+        unknown = sorted(set(values) - own - option_names)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown} for --family {family}.")
+        given = values.get("options")
+        options = dict(dataclasses.asdict(given) if dataclasses.is_dataclass(given)
+                       else given or {})
+        options.update({k: v for k, v in values.items() if k in option_names})
+        top = {k: v for k, v in values.items() if k in own and k != "options"}
+        top["family"] = family
+        return cls(**top, options=_build_options(options_cls, options))
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with `changes` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` applied (validated again); option names reach the options."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return self._from_flat(values)
 
     @property
     def name(self) -> str:
@@ -227,22 +229,33 @@ class TrainConfig:
         return base_lr * max(0.0, 1.0 - elapsed / decay)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["datasets"] = list(self.datasets)
         d["mix"] = list(self.mix) if self.mix is not None else None
+        d["options"] = dataclasses.asdict(self.options)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        """Rebuild from `to_dict()`, or from a flat dict written before families existed
+        (then the family is StarGAN v1 and its option fields sit at the top level)."""
+        family = data.get("family") or LEGACY_FAMILY
+        own = {f.name for f in fields(cls)}
+        option_names = {f.name for f in fields(family_info(family).options)}
+        values = {k: v for k, v in data.items() if k in own or k in option_names}
+        values["family"] = family
         values["datasets"] = tuple(values.get("datasets", ()))
         if values.get("mix") is not None:
             values["mix"] = tuple(values["mix"])
-        return cls(**values)
+        return cls._from_flat(values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _build_options(options_cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(options_cls)}
+    return options_cls(**{k: v for k, v in values.items() if k in known})
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -268,58 +281,3 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}.")
     if value < minimum:
         raise ConfigError(f"{_flag(name)} must be at least {minimum}, got {value}.")
-
-
-def check_image_size(image_size: int, g_down_num: int, d_repeat_num: int) -> None:
-    """ConfigError unless G's and D's stride-2 convs divide `image_size` evenly (shared by
-    TrainConfig and the model config that checkpoints carry)."""
-    g_stride = 2 ** g_down_num
-    if image_size < g_stride or image_size % g_stride:
-        raise ConfigError(f"--image-size must be a positive multiple of {g_stride} (G "
-                          f"down-samples {g_down_num} times), got {image_size}.")
-    stride = 2 ** d_repeat_num
-    if image_size % stride:
-        deepest = 0
-        while image_size % 2 ** (deepest + 1) == 0:
-            deepest += 1
-        raise ConfigError(
-            f"the discriminator is too deep for --image-size {image_size}: --d-repeat-num "
-            f"{d_repeat_num} halves it {d_repeat_num} times, which needs a multiple of "
-            f"{stride}; use --d-repeat-num <= {deepest} or a larger --image-size."
-        )
-
-
-# Every field a preset sets; anything not listed keeps the dataclass default.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The official StarGAN v1 hyper-parameters (stargan-v1.md, "Objective").
-    "paper": dict(
-        iters=200_000, batch_size=16, image_size=128, adv_loss="wgan-gp", n_critic=5,
-        lambda_cls=1.0, lambda_rec=10.0, lambda_gp=10.0, g_lr=1e-4, d_lr=1e-4,
-        beta1=0.5, beta2=0.999, lr_decay_iters=100_000, lr_update_step=1_000,
-        g_conv_dim=64, d_conv_dim=64, g_repeat_num=6, d_repeat_num=6,
-        sample_every=1_000, save_every=10_000, log_every=100, keep_last=3,
-    ),
-    # ---- DEMO RECIPE: the one place to tune the CPU demo (issue 7) -------------------------
-    # Tuned by measurement for `starcli demo` (starcli/demo.py; the table of recipes tried is
-    # in the README): 32 px (about 4x cheaper per iteration than 64 px; the demo prepares
-    # tight centre crops so the faces fill the frame), narrow nets, LSGAN with one D step per
-    # G step, bf16 on CPUs that have it. lambda_rec 30 (not the paper's 10) buys the cycle
-    # L1 <= 0.10 bar; 7,000 iterations at about 0.072 s each on 2 idle cores. Measured with
-    # the demo's --mix 1,3: success 0.923 (CelebA 0.963, RaFD 0.874), cycle L1 0.097.
-    "demo": dict(
-        iters=7000, batch_size=16, image_size=32, adv_loss="lsgan", n_critic=1,
-        lambda_cls=1.0, lambda_rec=30.0, lambda_gp=10.0, g_lr=2e-4, d_lr=2e-4,
-        beta1=0.5, beta2=0.999, lr_decay_iters=3500, lr_update_step=1,
-        g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=4,
-        sample_every=1000, save_every=1000, log_every=250, keep_last=2,
-    ),
-    # ---- end of the demo recipe ------------------------------------------------------------
-    # Tests and smoke runs: seconds on a CPU.
-    "tiny": dict(
-        iters=20, batch_size=8, image_size=32, adv_loss="wgan-gp", n_critic=2,
-        lambda_cls=1.0, lambda_rec=10.0, lambda_gp=10.0, g_lr=1e-3, d_lr=1e-3,
-        beta1=0.5, beta2=0.999, lr_decay_iters=10, lr_update_step=1,
-        g_conv_dim=8, d_conv_dim=8, g_repeat_num=1, d_repeat_num=3,
-        sample_every=10, save_every=10, log_every=5, keep_last=2,
-    ),
-}

@@ -21,6 +21,7 @@ and the eval classifiers, and replaces the outputs of the previous demo in `out`
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -36,7 +37,7 @@ import numpy as np
 from starcli.errors import UsageError
 from starcli.paths import resolve_home
 from starcli.progress import Progress, log
-from starcli.utils import atomic_write_json
+from starcli.utils import atomic_write_bytes, atomic_write_json
 
 __all__ = ["DemoConfig", "DemoStep", "run_demo", "DEMO_DATASETS", "CELEBA_ATTRS", "CROPS",
            "MIX", "TRANSLATE_TARGETS"]
@@ -181,9 +182,9 @@ def _export_faces(home: Path, size: int, per_dataset: int, faces_dir: Path) -> l
             if scale > 1:
                 img = img.resize((size * scale, size * scale), Image.NEAREST)
             path = folder / f"{name}-test-{row:04d}.jpg"
-            tmp = path.with_name(f".{path.name}.tmp")
-            img.save(tmp, format="JPEG", quality=95)
-            os.replace(tmp, path)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=95)
+            atomic_write_bytes(path, buf.getvalue(), durable=False)
             written.append(path)
     return written
 
@@ -269,7 +270,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
     timer.add("prepare", t)
 
     # 2. Training.
-    from starcli.training import train
+    from starcli.engine import train
 
     iters_flag = f" --iters {cfg.iters}" if cfg.iters else ""
     seed_flag = f" --seed {cfg.seed}" if cfg.seed else ""

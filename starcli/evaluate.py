@@ -37,9 +37,11 @@ from starcli.classifier import accuracy_table, load_classifier, train_classifier
 from starcli.data.dataset import PreparedDataset, iterate_split, open_prepared, to_tensor
 from starcli.data.labels import LabelSpace
 from starcli.errors import ConfigError, StarcliError
+from starcli.families import get_family
 from starcli.fid import FeatureStats, fid_between, how_to_provide, load_inception
 from starcli.paths import resolve_home
 from starcli.progress import Progress, log, progress_task
+from starcli.runtime import resolve_device
 
 __all__ = ["METRICS", "PAPER_RAFD_ERROR", "EvalConfig", "EvalTarget", "evaluate",
            "targets_for", "default_out_dir"]
@@ -145,12 +147,6 @@ def _checkpoint_arg(path: Path | None, home: Path) -> Path | None:
         return path
     fetched = home / "pretrained" / Path(path).name
     return fetched if fetched.exists() else path
-
-
-def _device(name: str) -> torch.device:
-    if name in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --- Which prepared dataset evaluates which label space ---------------------------------------
@@ -278,12 +274,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
     grid_rows = np.unique(np.linspace(0, total - 1, min(cfg.grid_images, total)).round()
                           .astype(np.int64))
     inputs: list[np.ndarray] = []
-    G = ckpt.G.to(memory_format=torch.channels_last)
-    bf16 = cfg.precision == "bf16"
-
-    def translate(images: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return G(images, c).float()
+    translate = get_family(ckpt.family).translator(ckpt, device, cfg.precision,
+                                                   fast=False).forward
 
     with progress_task(progress, f"eval {ds.name}", total=total * len(targets),
                        unit="images") as task:
@@ -379,7 +371,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     home = resolve_home(cfg.home)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     ckpt = load_checkpoint(_checkpoint_arg(cfg.checkpoint, home), device=device,
                            with_discriminator=False)
     pairs = _pair(ckpt, home, cfg.datasets)

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,12 +33,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from starcli.align import Alignment, FaceAligner, paste_back
 from starcli.checkpoint import LoadedCheckpoint, load_checkpoint, read_meta, resolve_checkpoint
+from starcli.config import PRECISIONS
 from starcli.data.labels import LabelLayout
 from starcli.errors import CheckpointError, ConfigError, StarcliError, UsageError
+from starcli.families import get_family
 from starcli.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageSkipped,
@@ -49,18 +49,17 @@ from starcli.imaging import (
     walk_inputs,
 )
 from starcli.progress import Progress, log, progress_task
+from starcli.runtime import resolve_device, resolve_precision
 from starcli.targets import Target, parse_targets, read_labels_csv
+from starcli.utils import atomic_write_bytes
 
-__all__ = ["TranslateConfig", "TranslateResult", "translate", "resolve_device",
-           "resolve_precision", "InferenceModel", "resize_square", "GRID_DIR"]
+__all__ = ["TranslateConfig", "TranslateResult", "translate", "resize_square", "GRID_DIR"]
 
 FORMATS = ("png", "jpg")
 MANIFESTS = ("jsonl", "csv")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GRID_DIR = "_grid"
 # G call size cap, in pixels: 64 images at 128 px (16 at 256 px).
 _G_PIXELS_PER_CALL = 64 * 128 * 128
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -139,143 +138,6 @@ class TranslateResult:
                 "images_per_s": round(self.images_per_s, 3), "notes": self.notes}
 
 
-# --------------------------------------------------------------------------- device & model
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda, else mps, else cpu; anything else checked for availability."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device '{name}' is not a device; use auto, cpu, cuda, cuda:N or "
-                          "mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device "
-                          "cpu (or auto).")
-    if device.type == "cuda" and device.index is not None \
-            and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s).")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu.")
-    return device
-
-
-def _cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 convolutions are then several times faster than fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    words = set(flags.split())
-    return bool(words & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.type == "cpu" and _cpu_has_native_bf16():
-            return "bf16"
-        return "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("--precision fp16 is not supported on the CPU; use bf16 or fp32.")
-    return precision
-
-
-def _instance_norm(h: torch.Tensor, norm: torch.nn.Module, relu: bool) -> torch.Tensor:
-    # Instance norm is a group norm with one channel per group; PyTorch's group-norm kernel
-    # keeps channels-last tensors in place and is ~3x faster on CPU.
-    out = F.group_norm(h, h.shape[1], norm.weight, norm.bias, norm.eps)
-    return out.relu_() if relu else out
-
-
-class InferenceModel:
-    """G and (optionally) D prepared for fast inference on one device and precision."""
-
-    def __init__(self, G: torch.nn.Module, D: torch.nn.Module | None, device: torch.device,
-                 precision: str) -> None:
-        self.device = device
-        self.dtype = _DTYPES[precision]
-        self.channels_last = device.type in ("cpu", "cuda")
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.G = G.to(device=device, dtype=self.dtype, memory_format=fmt).eval()
-        self.D = D.to(device=device, dtype=self.dtype, memory_format=fmt).eval() if D else None
-        self._fast = all(hasattr(self.G, a) for a in ("stem", "down", "blocks", "up", "to_rgb"))
-
-    def to_input(self, images: np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 → (N, 3, S, S) in [-1, 1] on the device (channels-last)."""
-        x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = x.to(self.dtype).mul_(1 / 127.5).sub_(1.0)
-        if not self.channels_last:
-            x = x.contiguous()
-        return x
-
-    @staticmethod
-    def to_uint8(y: torch.Tensor) -> np.ndarray:
-        """(N, 3, S, S) in [-1, 1] → (N, S, S, 3) uint8 on the CPU."""
-        y = y.float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-    def generate(self, x: torch.Tensor, c: np.ndarray) -> torch.Tensor:
-        labels = torch.from_numpy(c).to(self.device, self.dtype)
-        with torch.inference_mode():
-            if not self._fast:
-                return self.G(x, labels)
-            G = self.G
-            n, _, h, w = x.shape
-            planes = labels[:, :, None, None].expand(n, labels.shape[1], h, w)
-            z = torch.cat([x, planes], dim=1)
-            if self.channels_last:
-                z = z.contiguous(memory_format=torch.channels_last)
-            z = _instance_norm(G.stem.conv(z), G.stem.norm, True)
-            for layer in G.down:
-                z = _instance_norm(layer.conv(z), layer.norm, True)
-            for block in G.blocks:
-                r = _instance_norm(block.conv1(z), block.norm1, True)
-                z = z + _instance_norm(block.conv2(r), block.norm2, False)
-            for layer in G.up:
-                z = _instance_norm(layer.conv(z), layer.norm, True)
-            return torch.tanh(G.to_rgb(z))
-
-    def classify(self, x: torch.Tensor) -> np.ndarray:
-        """D's classification logits (N, cls_dim) as float32."""
-        assert self.D is not None
-        with torch.inference_mode():
-            _, cls = self.D(x)
-        return cls.float().cpu().numpy()
-
-
-def estimate_labels(logits: np.ndarray, layout: LabelLayout) -> np.ndarray:
-    """The inputs' own labels from D's logits: sigmoid > 0.5 (logit > 0) for multi-label
-    spaces, argmax for one-hot spaces. (N, cls_dim) float32 of 0/1."""
-    out = np.zeros_like(logits, dtype=np.float32)
-    for block in layout.blocks:
-        part = logits[:, block.offset:block.stop]
-        if block.space.kind == "onehot":
-            out[np.arange(len(part)), block.offset + part.argmax(axis=1)] = 1.0
-        else:
-            on = part > 0
-            # An exclusive group (hair colours) keeps only its most confident member.
-            for group in block.space.exclusive_groups:
-                cols = [block.space.names.index(n) for n in group if n in block.space.names]
-                if len(cols) < 2:
-                    continue
-                best = np.array(cols)[part[:, cols].argmax(axis=1)]
-                keep = np.zeros_like(on)
-                keep[np.arange(len(part)), best] = True
-                on[:, cols] &= keep[:, cols]
-            out[:, block.offset:block.stop] = on.astype(np.float32)
-    return out
-
-
 # --------------------------------------------------------------------------- image helpers
 
 
@@ -287,29 +149,30 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
 
 
+_JPEG_MAX_SIDE = 65500  # libjpeg's limit
+
+
 def _encode(rgb: np.ndarray, fmt: str, quality: int) -> bytes:
+    """PNG or JPEG bytes; ValueError (a per-file failure) when the format cannot hold it."""
+    h, w = rgb.shape[:2]
+    if fmt == "jpg" and max(h, w) > _JPEG_MAX_SIDE:
+        # Checked here: OpenCV only returns False (and prints to stderr) for these.
+        raise ValueError(f"a {w}x{h} image is too large for JPEG (at most {_JPEG_MAX_SIDE} "
+                         "pixels a side); use --format png")
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if fmt == "jpg":
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     else:
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
-        raise StarcliError(f"could not encode a {rgb.shape[1]}x{rgb.shape[0]} image as {fmt}.")
+        raise ValueError(f"OpenCV could not encode a {w}x{h} image as {fmt}")
     return buf.tobytes()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: a name under <out> is always complete.
-    (No fsync per image: a crash loses at most the newest files, and a re-run redoes them.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """A name under <out> is always complete. (No fsync per image: a crash loses at most the
+    newest files, and a re-run redoes them.)"""
+    atomic_write_bytes(path, data, durable=False)
 
 
 # --------------------------------------------------------------------------- planning
@@ -438,8 +301,8 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
         raise UsageError(f"INPUT {missing[0]} does not exist; pass image files or folders.")
     out = Path(cfg.out).expanduser()
     _check_out_dir(out, inputs)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    device = resolve_device(cfg.device, auto_mps=True)
+    precision = resolve_precision(cfg.precision, device, inference=True)
 
     from starcli.data.registry import load_registry
     from starcli.paths import resolve_home
@@ -474,7 +337,7 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
             f"these targets keep ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); "
             "pass --labels FILE.csv, or name every label in --to.")
 
-    model = InferenceModel(ckpt.G, ckpt.D, device, precision)
+    model = get_family(ckpt.family).translator(ckpt, device, precision)
     aligner = FaceAligner(size) if cfg.align else None
 
     # Plan: every candidate gets a manifest row; work only where outputs are missing.
@@ -535,15 +398,15 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
         if jobs:
             translated, written = _run(jobs, cfg, model, layout, targets, needed, size,
                                        aligner, n_workers, progress)
-    finally:
-        for job in jobs:
-            if job.row.get("status") == "pending":
-                job.row.update(status="not done", reason="the run stopped before this input")
-        out.mkdir(parents=True, exist_ok=True)
-        _write_manifest(manifest, rows, targets, cfg.manifest)
+    except BaseException:
+        try:
+            _finish_manifest(manifest, rows, jobs, targets, cfg.manifest)
+        except StarcliError:
+            pass  # the error that stopped the run is the one to report
+        raise
+    _finish_manifest(manifest, rows, jobs, targets, cfg.manifest)
 
-    skipped = [{"input": r["input"], "reason": r.get("reason", "")}
-               for r in rows if r.get("status") == "skipped"]
+    skipped = _skipped(rows)
     for s in skipped[:20]:
         log(progress, f"skipped {s['input']}: {s['reason']}")
     if len(skipped) > 20:
@@ -572,40 +435,62 @@ def _prepare(job: _Job, size: int, aligner: FaceAligner | None, keep_original: b
         found = aligner.align(rgb)
     except ImageSkipped as exc:
         return exc.reason
-    except (MemoryError, cv2.error, ValueError) as exc:
-        # One odd file must not end a long run; it is listed with the reason instead.
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        return f"could not process it ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+    except Exception as exc:  # noqa: BLE001 - one odd file must not end a long run
+        return _failure("could not process it", exc)
     if found is None:
         return "no face found (run without --align to translate the whole image)"
     crop, where = found
     return _Loaded(crop, rgb if keep_original else None, where)
 
 
+def _failure(what: str, exc: BaseException) -> str:
+    """A skip reason that names the exception, so that a bug shows as itself in the manifest
+    (and in tests) instead of disappearing into a vague "could not read"."""
+    text = str(exc).strip()
+    last = text.splitlines()[-1] if text else ""  # OpenCV puts the useful part last
+    return f"{what} ({type(exc).__name__}{': ' + last[:200] if last else ''})"
+
+
+def _stops_the_run(exc: OSError) -> bool:
+    """Write errors that every later file would hit as well (full disk, quota, read-only
+    file system): they end the run; any other error skips one input."""
+    import errno
+
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], slugs: Sequence[str],
-          cfg: TranslateConfig) -> int:
-    """Write one input's outputs (runs in a worker thread); returns files written."""
-    n = 0
-    for slug in job.todo:
-        image = results[slug]
-        if cfg.paste_back and loaded.original is not None and loaded.alignment is not None:
-            image = paste_back(loaded.original, image, loaded.alignment)
-        _write_atomic(job.outputs[slug], _encode(image, cfg.format, cfg.jpeg_quality))
-        n += 1
-    if job.grid_todo and job.grid is not None:
-        strip = np.concatenate([loaded.crop] + [results[s] for s in slugs], axis=1)
-        _write_atomic(job.grid, _encode(strip, cfg.format, cfg.jpeg_quality))
-        n += 1
-    return n
+          cfg: TranslateConfig) -> tuple[list[str], str | None]:
+    """Write one input's outputs (runs in a worker thread): (what was written, the reason
+    the rest could not be, or None). Raises only the OSErrors that `_stops_the_run`."""
+    done: list[str] = []
+    try:
+        for slug in job.todo:
+            image = results[slug]
+            if cfg.paste_back and loaded.original is not None and loaded.alignment is not None:
+                image = paste_back(loaded.original, image, loaded.alignment)
+            _write_atomic(job.outputs[slug], _encode(image, cfg.format, cfg.jpeg_quality))
+            done.append(slug)
+        if job.grid_todo and job.grid is not None:
+            strip = np.concatenate([loaded.crop] + [results[s] for s in slugs], axis=1)
+            _write_atomic(job.grid, _encode(strip, cfg.format, cfg.jpeg_quality))
+            done.append(GRID_DIR)
+    except OSError as exc:
+        if _stops_the_run(exc):
+            raise
+        return done, _failure("could not write it", exc)
+    except Exception as exc:  # noqa: BLE001 - encoder limits, paste-back on odd shapes
+        return done, _failure("could not save it", exc)
+    return done, None
 
 
-def _run(jobs: list[_Job], cfg: TranslateConfig, model: InferenceModel, layout: LabelLayout,
+def _run(jobs: list[_Job], cfg: TranslateConfig, model: Any, layout: LabelLayout,
          targets: Sequence[Target], needed: Sequence[int], size: int,
          aligner: FaceAligner | None, n_workers: int,
          progress: Progress | None) -> tuple[int, int]:
     slugs = [t.slug for t in targets]
     translated = written = 0
-    use_d = model.D is not None and bool(needed)
+    use_d = model.can_estimate_labels and bool(needed)
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="starcli-io") as pool, \
             progress_task(progress, "translate", total=len(jobs), unit="images") as task:
         loads: deque[tuple[_Job, Future]] = deque()
@@ -625,11 +510,35 @@ def _run(jobs: list[_Job], cfg: TranslateConfig, model: InferenceModel, layout: 
             nonlocal written, translated
             while saves and (saves[0][1].done() or (block and len(saves) > limit)):
                 job, fut = saves.popleft()
-                written += fut.result()  # re-raises disk errors
-                job.row["status"] = "translated"
-                job.row["written"] = job.todo + ([GRID_DIR] if job.grid_todo else [])
-                translated += 1
+                try:
+                    done, reason = fut.result()
+                except OSError as exc:  # only what every later file would hit too
+                    raise StarcliError(
+                        f"{exc.strerror or exc} writing to {cfg.out}: stopped after "
+                        f"{translated} images. Free some space (or choose another --out) and "
+                        "rerun the same command: finished outputs are kept and the rest "
+                        "resume.") from exc
+                written += len(done)
+                job.row["written"] = done
+                if reason is not None:
+                    _skip(job, reason)
+                else:
+                    job.row["status"] = "translated"
+                    translated += 1
                 task.advance(1)
+
+        def run_batch(part: list[tuple[_Job, _Loaded]]) -> None:
+            try:
+                with torch.inference_mode():
+                    _translate_batch(part, model, layout, targets, use_d, cfg, slugs, pool,
+                                     saves)
+            except Exception as exc:  # noqa: BLE001 - out of memory, one input G chokes on
+                if len(part) == 1:
+                    _skip(part[0][0], _failure("could not translate it", exc))
+                    task.advance(1)
+                    return
+                for one in part:  # find the input that failed its batch-mates
+                    run_batch([one])
 
         batch: list[tuple[_Job, _Loaded]] = []
         refill()
@@ -639,16 +548,12 @@ def _run(jobs: list[_Job], cfg: TranslateConfig, model: InferenceModel, layout: 
                 refill()
                 loaded = fut.result()
                 if isinstance(loaded, str):
-                    for key in ("outputs", "grid", "checkpoint", "step"):
-                        job.row.pop(key, None)
-                    job.row.update(status="skipped", reason=loaded)
+                    _skip(job, loaded)
                     task.advance(1)
                 else:
                     batch.append((job, loaded))
             if batch and (len(batch) == cfg.batch_size or not loads):
-                with torch.inference_mode():
-                    _translate_batch(batch, model, layout, targets, use_d, cfg, slugs, pool,
-                                     saves)
+                run_batch(batch)
                 batch = []
                 # Keep at most about two batches of encodes in flight.
                 drain(block=True, limit=2 * cfg.batch_size)
@@ -657,7 +562,14 @@ def _run(jobs: list[_Job], cfg: TranslateConfig, model: InferenceModel, layout: 
     return translated, written
 
 
-def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: InferenceModel,
+def _skip(job: _Job, reason: str) -> None:
+    """Mark a job skipped; the outputs it would have had are not listed."""
+    for key in ("outputs", "grid", "checkpoint", "step"):
+        job.row.pop(key, None)
+    job.row.update(status="skipped", reason=reason)
+
+
+def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: Any,
                      layout: LabelLayout, targets: Sequence[Target], use_d: bool,
                      cfg: TranslateConfig, slugs: Sequence[str], pool: ThreadPoolExecutor,
                      saves: deque) -> None:
@@ -666,7 +578,7 @@ def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: InferenceModel,
     n = len(batch)
     source = np.full((n, layout.cls_dim), np.nan, dtype=np.float32)
     if use_d:
-        source = estimate_labels(model.classify(x), layout)
+        source = model.own_labels(x, layout)
     for i, (job, _) in enumerate(batch):
         if job.csv_labels is not None:
             known = ~np.isnan(job.csv_labels)
@@ -683,12 +595,16 @@ def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: InferenceModel,
         pieces.append(model.to_uint8(model.generate(x[rows], labels[start:start + chunk])))
     every = np.concatenate(pieces)
     outputs = {t.slug: every[k * n:(k + 1) * n] for k, t in enumerate(targets)}
+    results = []
     for i, (job, loaded) in enumerate(batch):
         job.row["source_labels"] = _label_dict(layout, targets, source[i])
         if loaded.alignment is not None:
             job.row["face"] = loaded.alignment.face.to_dict()
-        results = {slug: outputs[slug][i] for slug in slugs}
-        saves.append((job, pool.submit(_save, job, loaded, results, slugs, cfg)))
+        results.append({slug: outputs[slug][i] for slug in slugs})
+    # Saves start only once the whole batch worked: a batch that fails is retried one input
+    # at a time, and no input may be saved twice.
+    for (job, loaded), result in zip(batch, results, strict=True):
+        saves.append((job, pool.submit(_save, job, loaded, result, slugs, cfg)))
 
 
 def _label_dict(layout: LabelLayout, targets: Sequence[Target], row: np.ndarray
@@ -711,10 +627,57 @@ def _label_dict(layout: LabelLayout, targets: Sequence[Target], row: np.ndarray
 # --------------------------------------------------------------------------- manifest
 
 
+def _finish_manifest(path: Path, rows: list[dict[str, Any]], jobs: Sequence[_Job],
+                     targets: Sequence[Target], kind: str) -> None:
+    for job in jobs:
+        if job.row.get("status") == "pending":
+            job.row.update(status="not done", reason="the run stopped before this input")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_manifest(path, rows, targets, kind)
+    except OSError as exc:
+        raise StarcliError(f"Could not write the manifest {path}: {exc.strerror or exc}. "
+                           "Check free space and permissions, then rerun (finished outputs "
+                           "are kept).") from exc
+
+
+def _skipped(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    from starcli.imaging import printable_path
+
+    return [{"input": printable_path(r["input"]), "reason": printable_path(r.get("reason", ""))}
+            for r in rows if r.get("status") == "skipped"]
+
+
+def _printable(value: Any) -> Any:
+    """`value` with every string made valid UTF-8 (file names that are not: see
+    `printable_path`), so both manifests write the same escape and strict parsers read it."""
+    from starcli.imaging import printable_path
+
+    if isinstance(value, str):
+        return printable_path(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (`=HYPERLINK(...)`
+# as a file name); a leading single quote makes it text, as OWASP recommends.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _write_manifest(path: Path, rows: list[dict[str, Any]], targets: Sequence[Target],
                     kind: str) -> None:
     from starcli.utils import atomic_write_text
 
+    rows = [_printable(r) for r in rows]
     if kind == "jsonl":
         text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows)
         atomic_write_text(path, text)
@@ -729,11 +692,10 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], targets: Sequence[Ta
         base = {k: r.get(k, "") for k in ("input", "relative", "status", "reason", "grid",
                                           "checkpoint", "step")}
         outs = r.get("outputs") or {}
-        if not outs:
-            writer.writerow(base)
-        for slug, rel in outs.items():
-            writer.writerow({**base, "target": slug, "spec": spec_of.get(slug, ""),
-                             "output": rel})
+        lines = [{**base, "target": slug, "spec": spec_of.get(slug, ""), "output": rel}
+                 for slug, rel in outs.items()] or [base]
+        for line in lines:
+            writer.writerow({k: _csv_cell(v) for k, v in line.items()})
     atomic_write_text(path, buf.getvalue())
 
 

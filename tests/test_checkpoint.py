@@ -18,7 +18,7 @@ from starcli.checkpoint import (
 )
 from starcli.data.labels import LabelLayout, LabelSpace
 from starcli.errors import CheckpointError
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
 
 SPACE = LabelSpace("demo-celeba", "celeba", "multilabel", ("Black_Hair", "Blond_Hair", "Male"),
                    (("Black_Hair", "Blond_Hair"),))
@@ -35,7 +35,7 @@ def _meta() -> dict:
 def _save(run, step, keep_last=3, state=None, G=None):
     torch.manual_seed(step)
     G = G or Generator(MODEL)
-    return save_checkpoint(run, step, G, Discriminator(MODEL), _meta(),
+    return save_checkpoint(run, step, {"G": G, "D": Discriminator(MODEL)}, _meta(),
                            state if state is not None else {"step": step}, keep_last)
 
 
@@ -63,7 +63,8 @@ def test_wrapper_prefixes_are_stripped(tmp_path):
             self.module = inner
 
     G = Generator(MODEL)
-    save_checkpoint(tmp_path, 1, Wrapper(G), Wrapper(Discriminator(MODEL)), _meta(), None, 1)
+    save_checkpoint(tmp_path, 1, {"G": Wrapper(G), "D": Wrapper(Discriminator(MODEL))}, _meta(),
+                    None, 1)
     from safetensors.torch import load_file
 
     keys = load_file(str(tmp_path / "checkpoints" / "step-00000001" / "G.safetensors"))

@@ -44,7 +44,9 @@ WORKER = textwrap.dedent('''
     import datetime, json, os, sys
     import torch
     import torch.distributed as dist
-    import starcli.training as T
+    import starcli.engine as T
+    import starcli.engine.loop as L
+    import starcli.families.stargan_v1.step as S
     from starcli.config import TrainConfig
     from starcli.data.dataset import TrainStream
 
@@ -54,7 +56,7 @@ WORKER = textwrap.dedent('''
     rank = int(os.environ["RANK"])
     if mode == "fail":
         if rank == 1:
-            real, calls = T.reconstruction_loss, [0]
+            real, calls = S.reconstruction_loss, [0]
 
             def boom(x, y):
                 calls[0] += 1
@@ -62,18 +64,18 @@ WORKER = textwrap.dedent('''
                     raise RuntimeError("injected failure on rank 1")
                 return real(x, y)
 
-            T.reconstruction_loss = boom
+            S.reconstruction_loss = boom
         T.train(cfg)  # train joins (and leaves) the process group itself
         sys.exit(0)
 
     models, rows = {}, []
-    wrap = T._wrap_models
+    wrap = L.wrap_modules
 
-    def spy(G, D, *a, **k):
-        models["G"], models["D"] = G, D
-        return wrap(G, D, *a, **k)
+    def spy(modules, *a, **k):
+        models.update(modules)
+        return wrap(modules, *a, **k)
 
-    T._wrap_models = spy
+    L.wrap_modules = spy
     nxt = TrainStream.__next__
 
     def spy_next(self):
@@ -227,7 +229,7 @@ def test_a_failing_rank_ends_the_job_with_an_error(tmp_path):
 def test_batch_not_divisible_exits_2_before_launching(home, monkeypatch, tmp_path):
     _make_dataset()(home)
     monkeypatch.chdir(tmp_path)
-    import starcli.training as training
+    import starcli.engine.distributed as training
 
     def no_launch(*a, **k):
         raise AssertionError("launched despite a bad batch size")
@@ -241,7 +243,7 @@ def test_batch_not_divisible_exits_2_before_launching(home, monkeypatch, tmp_pat
 
 def test_batch_not_divisible_under_torchrun_env(home, monkeypatch):
     _make_dataset()(home)
-    from starcli.training import describe_run
+    from starcli.engine import describe_run
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -256,7 +258,7 @@ def test_batch_not_divisible_under_torchrun_env(home, monkeypatch):
 def test_gpus_forwards_the_users_options_to_torchrun(home, monkeypatch, tmp_path):
     _make_dataset()(home)
     monkeypatch.chdir(tmp_path)
-    import starcli.training as training
+    import starcli.engine.distributed as training
 
     seen = {}
 

@@ -21,7 +21,7 @@ from starcli.data.dataset import content_sha256, joint_layout, open_prepared
 from starcli.data.labels import LabelLayout, LabelSpace
 from starcli.errors import CheckpointError, ConfigError, StarcliError
 from starcli.evaluate import EvalConfig, EvalTarget, default_out_dir, evaluate, targets_for
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
 
 SIZE = 32
 NAMES = ["Black_Hair", "Blond_Hair", "Male"]
@@ -151,7 +151,8 @@ def _fake_checkpoint(monkeypatch, tmp_path, G, names=("sq-celeba", "sq-rafd"), h
     layout = joint_layout([open_prepared(home, n) for n in names])
     model = ModelConfig(image_size=SIZE, c_dim=layout.c_dim, cls_dim=layout.cls_dim,
                         d_repeat_num=3)
-    loaded = LoadedCheckpoint(G=G if not isinstance(G, type) else G(layout), D=None,
+    G = G if not isinstance(G, type) else G(layout)
+    loaded = LoadedCheckpoint(family="stargan-v1", modules={"G": G},
                               model=model, layout=layout, meta={"step": 7},
                               path=tmp_path / "run" / "checkpoints" / "step-00000007")
     monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: loaded)
@@ -165,8 +166,8 @@ def _tiny_run(tmp_path, layout: LabelLayout, labels: bool = True) -> Path:
     meta = {"model": cfg.to_dict(), "train": {}, "datasets": []}
     if labels:
         meta["labels"] = layout.to_dict()
-    save_checkpoint(tmp_path / "run", 5, Generator(cfg), Discriminator(cfg), meta, None,
-                    keep_last=1)
+    save_checkpoint(tmp_path / "run", 5, {"G": Generator(cfg), "D": Discriminator(cfg)}, meta,
+                    None, keep_last=1)
     return tmp_path / "run"
 
 

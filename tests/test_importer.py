@@ -22,9 +22,13 @@ from typer.testing import CliRunner
 from starcli.checkpoint import load_checkpoint
 from starcli.cli import app
 from starcli.errors import CheckpointError, ConfigError, UsageError
-from starcli.importer import OFFICIAL_ATTRS, import_stargan_v1, load_official_state
-from starcli.models.networks import Discriminator, Generator, ModelConfig
-from starcli.models.official import to_official_discriminator, to_official_generator
+from starcli.families.stargan_v1.importer import (
+    OFFICIAL_ATTRS,
+    import_stargan_v1,
+    load_official_state,
+)
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.official import to_official_discriminator, to_official_generator
 from starcli.translate import TranslateConfig, translate
 
 SIZE = 32

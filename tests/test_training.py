@@ -200,7 +200,7 @@ def test_linear_lr_decay_steps_every_update_step():
 
 
 def test_unknown_dataset_and_wrong_size_fail_before_work(home, tmp_path):
-    from starcli.training import train
+    from starcli.engine import train
 
     with pytest.raises(UnknownDatasetError):
         train(tiny(home, tmp_path, datasets=("no-such-set",)))
@@ -218,7 +218,7 @@ def test_unknown_dataset_and_wrong_size_fail_before_work(home, tmp_path):
 
 
 def test_short_run_lowers_classification_loss(celeba_home, tmp_path):
-    from starcli.training import train
+    from starcli.engine import train
 
     records = []
     cfg = tiny(celeba_home, tmp_path, iters=40, log_every=10, save_every=0, sample_every=0,
@@ -252,7 +252,7 @@ def test_short_run_lowers_classification_loss(celeba_home, tmp_path):
 
 
 def test_joint_run_uses_both_label_spaces(joint_home, tmp_path):
-    from starcli.training import train
+    from starcli.engine import train
 
     records = []
     cfg = tiny(joint_home, tmp_path, datasets=("demo-celeba", "demo-rafd"), joint=True,
@@ -270,7 +270,7 @@ def test_joint_run_uses_both_label_spaces(joint_home, tmp_path):
 
 def test_sample_targets_keep_groups_exclusive():
     from starcli.data.labels import LabelLayout, LabelSpace
-    from starcli.training import sample_targets
+    from starcli.families.stargan_v1.samples import sample_targets
 
     space = LabelSpace("c", "celeba", "multilabel", ("Black_Hair", "Blond_Hair", "Male"),
                        (("Black_Hair", "Blond_Hair"),))
@@ -285,7 +285,7 @@ def test_sample_targets_keep_groups_exclusive():
 
 
 def test_checkpoint_round_trip_and_keep_last(celeba_home, tmp_path):
-    from starcli.training import train
+    from starcli.engine import train
 
     result = train(tiny(celeba_home, tmp_path, iters=8, save_every=2, keep_last=2))
     run = Path(result["run_dir"])
@@ -303,7 +303,7 @@ def test_checkpoint_round_trip_and_keep_last(celeba_home, tmp_path):
 def test_g_ema_is_an_average_of_g_and_what_inference_loads(celeba_home, tmp_path):
     from safetensors.torch import load_file
 
-    from starcli.training import train
+    from starcli.engine import train
 
     # a G step and a save every step: G_ema(t) = d * G_ema(t-1) + (1 - d) * G(t)
     decay = 0.75
@@ -334,7 +334,7 @@ _SUBPROCESS = textwrap.dedent("""
     import json, os, sys, torch
     torch.set_num_threads(1)
     from starcli.config import TrainConfig
-    from starcli.training import train, resume_config
+    from starcli.engine import train, resume_config
     args = json.loads(sys.argv[1])
     if args.get("resume"):
         cfg = resume_config(args["resume"])
@@ -342,7 +342,7 @@ _SUBPROCESS = textwrap.dedent("""
         cfg = TrainConfig.from_preset("tiny", **args["cfg"])
     if args.get("stall_after"):
         # Stand-in for a slow step: hold still after a checkpoint so the parent can kill us.
-        import starcli.training as t
+        import starcli.engine.rundir as t
         real = t.save_checkpoint
         def save_then_stall(*a, **k):
             out = real(*a, **k)
@@ -410,9 +410,10 @@ def test_kill_9_then_resume_is_bit_identical(celeba_home, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(celeba_home, tmp_path,
                                                               monkeypatch):
-    import starcli.training as training
+    import starcli.engine as training
+    import starcli.families.stargan_v1.step as step_module
 
-    real = training.reconstruction_loss
+    real = step_module.reconstruction_loss
     calls = {"n": 0}
 
     def poisoned(x, x_rec):
@@ -420,7 +421,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(celeba_home, tmp_p
         loss = real(x, x_rec)
         return loss * float("nan") if calls["n"] >= 4 else loss
 
-    monkeypatch.setattr(training, "reconstruction_loss", poisoned)
+    monkeypatch.setattr(step_module, "reconstruction_loss", poisoned)
     cfg = tiny(celeba_home, tmp_path, iters=12, n_critic=1, save_every=3)
     with pytest.raises(TrainingError, match=r"step 4: G/rec = nan.*step-00000003"):
         training.train(cfg)
@@ -428,7 +429,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(celeba_home, tmp_p
 
 
 def test_stop_event_saves_and_reports_interrupted(celeba_home, tmp_path):
-    from starcli.training import train
+    from starcli.engine import train
 
     stop = threading.Event()
     seen = []
@@ -445,7 +446,7 @@ def test_stop_event_saves_and_reports_interrupted(celeba_home, tmp_path):
 
 
 def test_compile_failure_falls_back_to_eager(celeba_home, tmp_path, monkeypatch):
-    from starcli.training import train
+    from starcli.engine import train
 
     def broken(module, **kw):
         raise RuntimeError("no C++ compiler")

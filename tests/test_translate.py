@@ -15,12 +15,12 @@ from PIL import Image
 from starcli.checkpoint import save_checkpoint
 from starcli.data.labels import LabelLayout, LabelSpace
 from starcli.errors import CheckpointError, StarcliError, UsageError
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.translator import Translator as InferenceModel
+from starcli.families.stargan_v1.translator import estimate_labels
 from starcli.translate import (
     GRID_DIR,
-    InferenceModel,
     TranslateConfig,
-    estimate_labels,
     translate,
 )
 
@@ -42,8 +42,8 @@ def make_checkpoint(run_dir: Path, layout: LabelLayout, *, seed: int = 0,
     meta = {"model": cfg.to_dict(), "labels": layout.to_dict(), "train": {}, "datasets": []}
     if not with_d:
         meta["has_discriminator"] = False
-    path = save_checkpoint(run_dir, 7, G, D if with_d else torch.nn.Module(), meta, None,
-                           keep_last=1)
+    modules = {"G": G, "D": D if with_d else torch.nn.Module()}
+    path = save_checkpoint(run_dir, 7, modules, meta, None, keep_last=1)
     return path, G.eval(), D.eval()
 
 
@@ -339,3 +339,196 @@ def test_align_and_paste_back_keep_the_original_resolution(tmp_path, ckpt):
 def test_paste_back_needs_align():
     with pytest.raises(UsageError, match="--paste-back needs --align"):
         TranslateConfig(inputs=(Path("."),), targets=("Male",), paste_back=True)
+
+
+# --------------------------------------------------------------------------- per-file failures
+
+
+def test_jpeg_too_wide_for_its_format_is_skipped_and_the_run_goes_on(tmp_path, ckpt,
+                                                                        monkeypatch):
+    """A 66000-pixel-wide paste-back result saved as JPEG (at most 65500 pixels a side) was
+    an encoder error that ended the run; now that input is skipped with the reason. (OpenCV's
+    warp cannot align photos that wide yet, so the paste-back result is widened here.)"""
+    import starcli.translate as engine
+
+    src = tmp_path / "in"
+    src.mkdir()
+    face = drawn_face_photo()
+    Image.fromarray(face).save(src / "a-panorama.png")
+    Image.fromarray(face[:, :780]).save(src / "b-portrait.png")
+    real = engine.paste_back
+
+    def wide_paste_back(original, image, where):
+        out = real(original, image, where)
+        return np.pad(out, ((0, 0), (0, 66000 - out.shape[1]), (0, 0))) \
+            if original.shape[1] == face.shape[1] else out
+
+    monkeypatch.setattr(engine, "paste_back", wide_paste_back)
+    result = run(tmp_path, [src], ["Blond_Hair", "Male=flip"], ckpt[0], align=True,
+                 paste_back=True, format="jpg")
+    assert result.translated == 1 and result.written == 2
+    assert read_rgb(tmp_path / "out" / "Male=flip" / "b-portrait.jpg").shape == (600, 780, 3)
+    assert not (tmp_path / "out" / "Blond_Hair" / "a-panorama.jpg").exists()
+    reason = {Path(s["input"]).name: s["reason"] for s in result.skipped}["a-panorama.png"]
+    assert "66000x600" in reason and "65500" in reason and "--format png" in reason
+
+
+def _fail_for(monkeypatch, name: str, exc: BaseException) -> None:
+    """Make writing the outputs of input `name` raise `exc` (other files are written)."""
+    import starcli.translate as engine
+
+    real = engine._write_atomic
+
+    def write(path: Path, data: bytes) -> None:
+        if path.stem == Path(name).stem:
+            raise exc
+        real(path, data)
+
+    monkeypatch.setattr(engine, "_write_atomic", write)
+
+
+def test_a_disk_error_on_one_output_skips_that_input_only(tmp_path, ckpt, monkeypatch):
+    import errno
+
+    src = tmp_path / "in"
+    write_images(src, 4)
+    _fail_for(monkeypatch, "img1", OSError(errno.EIO, "Input/output error"))
+    result = run(tmp_path, [src], ["Blond_Hair"], ckpt[0], batch_size=2)
+    assert result.translated == 3 and result.written == 3
+    assert [Path(s["input"]).name for s in result.skipped] == ["img1.png"]
+    assert "OSError" in result.skipped[0]["reason"]
+    assert "Input/output error" in result.skipped[0]["reason"]
+    rows = {Path(r["input"]).name: r for r in manifest_rows(result.manifest)}
+    assert rows["img1.png"]["status"] == "skipped" and rows["img3.png"]["status"] == "translated"
+    # The rerun retries exactly the input that failed.
+    monkeypatch.undo()
+    again = run(tmp_path, [src], ["Blond_Hair"], ckpt[0])
+    assert (again.translated, again.existing) == (1, 3)
+
+
+def test_a_full_disk_stops_the_run_with_one_clear_message(tmp_path, ckpt, monkeypatch):
+    """Every later file would fail the same way: stop, keep what was written, and say so."""
+    import errno
+
+    src = tmp_path / "in"
+    write_images(src, 3)
+    _fail_for(monkeypatch, "img1", OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(StarcliError, match="No space left on device") as err:
+        run(tmp_path, [src], ["Blond_Hair"], ckpt[0], batch_size=1, workers=1)
+    assert "rerun" in str(err.value)
+    statuses = {Path(r["input"]).name: r["status"]
+                for r in manifest_rows(tmp_path / "out" / "manifest.jsonl")}
+    assert statuses["img0.png"] == "translated" and statuses["img1.png"] != "translated"
+
+
+def test_an_unexpected_error_decoding_one_file_is_a_skip_naming_it(tmp_path, ckpt,
+                                                                     monkeypatch):
+    import starcli.translate as engine
+
+    src = tmp_path / "in"
+    write_images(src, 3)
+    real = engine.load_image
+
+    def load(path, **kw):
+        if path.name == "img1.png":
+            raise IndexError("tile index out of range")  # e.g. a Pillow plugin bug
+        return real(path, **kw)
+
+    monkeypatch.setattr(engine, "load_image", load)
+    result = run(tmp_path, [src], ["Blond_Hair"], ckpt[0])
+    assert result.translated == 2
+    assert result.skipped == [{"input": str(src / "img1.png"),
+                               "reason": "could not process it (IndexError: tile index out "
+                                         "of range)"}]
+
+
+def test_a_batch_that_fails_is_retried_one_by_one(tmp_path, ckpt, monkeypatch):
+    """One input that breaks the model call must not take its batch-mates with it."""
+    src = tmp_path / "in"
+    write_images(src, 5)
+    import starcli.translate as engine
+
+    real = engine._translate_batch
+
+    def translate_batch(batch, *args):
+        if any(job.item.path.name == "img2.png" for job, _ in batch):
+            raise RuntimeError("kernel failed on this input")
+        return real(batch, *args)
+
+    monkeypatch.setattr(engine, "_translate_batch", translate_batch)
+    result = run(tmp_path, [src], ["Blond_Hair"], ckpt[0], batch_size=4)
+    assert result.translated == 4
+    assert [Path(s["input"]).name for s in result.skipped] == ["img2.png"]
+    assert "RuntimeError: kernel failed on this input" in result.skipped[0]["reason"]
+    expected = run(tmp_path, [src / "img3.png"], ["Blond_Hair"], ckpt[0], out=tmp_path / "o2")
+    assert expected.translated == 1
+    assert (read_rgb(tmp_path / "out" / "Blond_Hair" / "img3.png")
+            == read_rgb(tmp_path / "o2" / "Blond_Hair" / "img3.png")).all()
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def _bytes_name(folder: Path, name: bytes) -> Path:
+    """A file whose name is not valid UTF-8 (Python shows the bytes as surrogates)."""
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_non_utf8_file_names_in_the_manifest(tmp_path, ckpt, kind):
+    src = tmp_path / "in"
+    write_images(src, 1)
+    os.rename(src / "img0.png", _bytes_name(src, b"\xff-face.png"))
+    _bytes_name(src, b"caf\xe9.jpg").write_bytes(b"latin-1 named, not an image")
+    result = run(tmp_path, [src], ["Blond_Hair"], ckpt[0], manifest=kind)
+    assert result.translated == 1
+    assert (tmp_path / "out" / "Blond_Hair").iterdir().__next__().name == "\udcff-face.png"
+    text = result.manifest.read_bytes().decode("utf-8")  # strict: valid UTF-8 throughout
+    if kind == "jsonl":
+        rows = {r["relative"]: r for r in map(json.loads, text.splitlines())}
+        # No "\udcff" escapes either: strict JSON parsers refuse lone surrogates.
+        json.dumps(list(rows.values()), ensure_ascii=False).encode("utf-8")
+    else:
+        import csv
+
+        rows = {r["relative"]: r for r in csv.DictReader(text.splitlines())}
+    # One escape for bytes that are not UTF-8, the same in both manifests and in the result.
+    assert rows["\\xff-face.png"]["status"] == "translated"
+    assert rows["\\xff-face.png"]["input"] == str(src / "\\xff-face.png")
+    assert result.skipped[0]["input"] == str(src / "caf\\xe9.jpg")
+    assert "not an image" in result.skipped[0]["reason"]
+
+
+def test_csv_manifest_neutralises_spreadsheet_formulas(tmp_path, ckpt, monkeypatch):
+    import csv
+
+    src = tmp_path / "in"
+    src.mkdir()
+    names = ['=HYPERLINK("evil.example","x").png', "+1.png", "-1.png", "@SUM(A1).png",
+             "\tx.png", "\rx.png", "safe.png"]
+    for name in names:
+        Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(src / name, format="PNG")
+    monkeypatch.chdir(src)  # relative file arguments: the input column starts with them too
+    result = run(tmp_path, [Path(n) for n in names], ["Blond_Hair"], ckpt[0], manifest="csv")
+    assert result.translated == len(names)
+    with open(result.manifest, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(names)
+    for row in rows:
+        for cell in row.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+    row = next(r for r in rows if "HYPERLINK" in r["input"])
+    assert row["input"] == "'" + names[0] and row["relative"] == "'" + names[0]
+    assert next(r for r in rows if r["relative"] == "safe.png")["input"] == "safe.png"
+
+
+def test_a_file_name_near_the_length_limit_is_translated(tmp_path, ckpt):
+    """255 bytes is the usual limit for one name: the temporary file an output is written
+    through must not be longer than the output's own name."""
+    src = tmp_path / "in"
+    src.mkdir()
+    name = "x" * 251 + ".png"
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(src / name)
+    result = run(tmp_path, [src], ["Blond_Hair"], ckpt[0])
+    assert result.translated == 1 and (tmp_path / "out" / "Blond_Hair" / name).is_file()
+    assert [p.name for p in (tmp_path / "out" / "Blond_Hair").iterdir()] == [name]

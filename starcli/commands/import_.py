@@ -60,7 +60,7 @@ def stargan_v1(
 
       starcli translate photos/ --to Blond_Hair --checkpoint runs/official-128
     """
-    from starcli.importer import import_stargan_v1
+    from starcli.families.stargan_v1.importer import import_stargan_v1
     from starcli.paths import resolve_home
 
     names = split_csv(attrs) or ()

@@ -19,8 +19,6 @@ from starcli.commands._common import (
     split_numbers,
 )
 
-_PRESETS = ("paper", "demo", "tiny")
-
 
 def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
     if value is not None and value not in choices:
@@ -68,9 +66,12 @@ def train(
     mix: Annotated[str | None, typer.Option(
         "--mix", help="Joint sampling weights per dataset, e.g. 1,1 (default: alternate "
                       "batches 1:1 as the paper).", show_default=False)] = None,
+    family: Annotated[str | None, typer.Option(
+        "--family", help="Model family: stargan-v1 (the only one so far). "
+                         "[default: stargan-v1]", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", help="paper (official hyper-parameters), demo (fast CPU recipe) or tiny "
-                         "(tests). [default: paper]", show_default=False)] = None,
+        "--preset", help="stargan-v1: paper (official hyper-parameters), demo (fast CPU "
+                         "recipe) or tiny (tests). [default: paper]", show_default=False)] = None,
     iters: Annotated[int | None, typer.Option("--iters", min=1, help="Training iterations.",
                                               show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -163,7 +164,7 @@ def train(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a StarGAN generator and discriminator on prepared data.
+    """Train a model (StarGAN v1 by default: --family) on prepared data.
 
     Writes runs/<dataset>-<timestamp>/ (runs/latest points at it): config.json, metrics.jsonl,
     TensorBoard logs in tb/, sample grids in samples/, checkpoints in checkpoints/.
@@ -181,9 +182,18 @@ def train(
 
       torchrun --nproc_per_node 4 -m starcli train --dataset celeba --batch-size 64
     """
-    _choice(preset, _PRESETS, "--preset")
-    _choice(adv_loss, ("wgan-gp", "lsgan", "vanilla", "hinge"), "--adv-loss")
-    _choice(precision, ("fp32", "bf16", "fp16", "auto"), "--precision")
+    from starcli.config import PRECISIONS, presets_of
+    from starcli.errors import ConfigError
+    from starcli.families import DEFAULT_FAMILY, FAMILY_NAMES
+    from starcli.families.stargan_v1.config import ADV_LOSSES
+
+    _choice(family, FAMILY_NAMES, "--family")
+    try:
+        _choice(preset, tuple(presets_of(family or DEFAULT_FAMILY)), "--preset")
+    except ConfigError as exc:  # an unknown family is caught just above
+        raise typer.BadParameter(str(exc), param_hint="--preset") from None
+    _choice(adv_loss, ADV_LOSSES, "--adv-loss")
+    _choice(precision, PRECISIONS, "--precision")
     names: list[str] = []
     for value in list(dataset or []) + ([datasets] if datasets else []):
         names.extend(split_csv(value) or ())
@@ -200,13 +210,13 @@ def train(
         home=str(home) if home is not None else None, dist_timeout=dist_timeout,
     )
     from starcli.config import TrainConfig
-    from starcli.training import check_launch, describe_run, launch_local, resume_config
-    from starcli.training import train as run_train
+    from starcli.engine import check_launch, describe_run, launch_local, resume_config
+    from starcli.engine import train as run_train
 
     if resume is not None:
-        cfg = resume_config(resume, preset=preset, **overrides)
+        cfg = resume_config(resume, preset=preset, family=family, **overrides)
     else:
-        cfg = TrainConfig.from_preset(preset or "paper", **overrides)
+        cfg = TrainConfig.from_preset(preset or "paper", family=family, **overrides)
     if gpus is not None and gpus > 1 and not dry_run:
         code = launch_local(gpus, cfg, _forwarded_args(ctx, drop=("gpus",)))
         if code:
@@ -229,8 +239,10 @@ def train(
             emit_json(summary)
         else:
             p = summary["parameters"]
-            console.print(f"device {summary['device']}, precision {summary['precision']}, "
-                          f"c_dim {plan.layout.c_dim}, G {p['G']:,} / D {p['D']:,} parameters")
+            counts = " / ".join(f"{name} {n:,}" for name, n in p.items())
+            console.print(f"{summary['family']}: device {summary['device']}, precision "
+                          f"{summary['precision']}, c_dim {plan.layout.c_dim}, {counts} "
+                          "parameters")
             console.print("[green]✓[/] configuration is valid (dry run: nothing trained)")
         return
 

@@ -121,6 +121,15 @@ class PreparedDataset:
     _labels: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False,
                                            compare=False)
 
+    def content_digest(self) -> str:
+        """SHA-256 over the manifest's per-shard content checksums, in (split, index) order:
+        what a checkpoint or a cached eval classifier records to notice re-prepared data."""
+        h = hashlib.sha256()
+        for shard in sorted(self.manifest.get("shards", []),
+                            key=lambda s: (str(s["split"]), int(s["index"]))):
+            h.update(f"{shard['path']}:{shard.get('content_sha256', '')}\n".encode())
+        return h.hexdigest()
+
     def _entries(self, split: str) -> list[dict]:
         if split not in self.splits:
             raise ConfigError(f"{self.name} has no split {split!r} (it has "

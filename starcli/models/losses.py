@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from starcli.errors import ConfigError
+from starcli.families.stargan_v1.config import ADV_LOSSES
 
 __all__ = [
     "ADV_LOSSES",
@@ -33,7 +34,6 @@ __all__ = [
     "reconstruction_loss",
 ]
 
-ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
 CLS_LOSSES = ("multilabel", "onehot")
 
 

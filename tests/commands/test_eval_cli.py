@@ -17,7 +17,7 @@ from starcli.cli import app
 from starcli.data.celeba_attrs import CELEBA_ATTRIBUTES
 from starcli.data.dataset import content_sha256
 from starcli.data.labels import LabelLayout, LabelSpace
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
 
 runner = CliRunner()
 SIZE = 32
@@ -68,7 +68,7 @@ def _run(tmp_path: Path, labels: bool = True) -> Path:
     meta = {"model": cfg.to_dict(), "train": {}, "datasets": []}
     if labels:
         meta["labels"] = layout.to_dict()
-    save_checkpoint(tmp_path / "run", 2, Generator(cfg), Discriminator(cfg), meta, None,
+    save_checkpoint(tmp_path / "run", 2, {"G": Generator(cfg), "D": Discriminator(cfg)}, meta, None,
                     keep_last=1)
     return tmp_path / "run"
 

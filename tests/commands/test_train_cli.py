@@ -52,7 +52,7 @@ def test_help_has_an_example():
 
 
 def test_options_reach_the_engine(prepared, monkeypatch):
-    import starcli.training
+    import starcli.engine
 
     seen = {}
 
@@ -62,7 +62,7 @@ def test_options_reach_the_engine(prepared, monkeypatch):
                 "images_per_s": 2.0, "device": "cpu", "precision": "fp32", "run_dir": "r",
                 "checkpoint": "c", "samples": None, "metrics": {}, "resume_command": "x"}
 
-    monkeypatch.setattr(starcli.training, "train", fake_train)
+    monkeypatch.setattr(starcli.engine, "train", fake_train)
     result = runner.invoke(app, ["train", "--joint", "--dataset", "demo-celeba,demo-rafd",
                                  "--mix", "2,1", "--iters", "7", "--batch-size", "16",
                                  "--adv-loss", "lsgan", "--lambda-rec", "5", "--no-channels-last",
@@ -104,9 +104,9 @@ def test_bad_requests_exit_before_work(prepared, tmp_path, args, code, text):
 
 
 def test_small_batch_warns(prepared, monkeypatch):
-    import starcli.training
+    import starcli.engine
 
-    monkeypatch.setattr(starcli.training, "train", lambda cfg, **kw: {
+    monkeypatch.setattr(starcli.engine, "train", lambda cfg, **kw: {
         "interrupted": True, "step": 1, "iters": 2, "checkpoint": "ck", "resume_command": "R"})
     result = runner.invoke(app, ["train", "-d", "demo-celeba", "--batch-size", "4", *TINY])
     assert result.exit_code == 0

@@ -15,7 +15,7 @@ import starcli.translate as engine
 from starcli.checkpoint import save_checkpoint
 from starcli.cli import app
 from starcli.data.labels import LabelLayout, LabelSpace
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
 
 runner = CliRunner()
 HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair")
@@ -29,7 +29,7 @@ def run_dir(tmp_path) -> Path:
                       d_repeat_num=3)
     torch.manual_seed(0)
     meta = {"model": cfg.to_dict(), "labels": LAYOUT.to_dict(), "train": {}, "datasets": []}
-    save_checkpoint(tmp_path / "run", 3, Generator(cfg), Discriminator(cfg), meta, None,
+    save_checkpoint(tmp_path / "run", 3, {"G": Generator(cfg), "D": Discriminator(cfg)}, meta, None,
                     keep_last=1)
     return tmp_path / "run"
 
@@ -118,3 +118,26 @@ def test_paste_back_without_align_exit_2(run_dir, photos, tmp_path):
 def test_help_mentions_examples():
     res = runner.invoke(app, ["translate", "--help"])
     assert res.exit_code == 0 and "--paste-back" in res.output and "Examples" in res.output
+
+
+def test_non_utf8_names_are_one_escaped_line_each(run_dir, photos, tmp_path):
+    """Names whose bytes are not UTF-8 reach the summary, the log and the CSV manifest as
+    \\xNN escapes: no UnicodeEncodeError, exit 0."""
+    import os
+
+    raw = os.fsencode(photos)
+    os.rename(photos / "p0.jpg", os.fsdecode(raw + b"/\xff-p0.jpg"))
+    with open(os.fsdecode(raw + b"/caf\xe9.jpg"), "w") as fh:
+        fh.write("not an image")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["translate", str(photos), "--to", "Male=0", "-c", str(run_dir),
+                              "-o", str(out), "--precision", "fp32", "--manifest", "csv",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["translated"] == 3
+    assert sorted(Path(s["input"]).name for s in summary["skipped"]) == ["broken.jpg",
+                                                                         "caf\\xe9.jpg"]
+    assert f"skipped {photos / 'caf'}\\xe9.jpg: not an image" in res.stderr
+    manifest = (out / "manifest.csv").read_bytes().decode("utf-8")
+    assert "\\xff-p0.jpg,translated" in manifest

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from starcli.errors import ConfigError
-from starcli.models.networks import Discriminator, Generator, ModelConfig, count_parameters
+from starcli.families.stargan_v1.networks import (
+    Discriminator,
+    Generator,
+    ModelConfig,
+    count_parameters,
+)
 
 TINY = ModelConfig(image_size=32, c_dim=3, g_conv_dim=8, d_conv_dim=8, g_repeat_num=2,
                    d_repeat_num=3)

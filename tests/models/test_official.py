@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from starcli.errors import CheckpointError
-from starcli.models.networks import Discriminator, Generator, ModelConfig
-from starcli.models.official import (
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.official import (
     convert_official_discriminator,
     convert_official_generator,
     official_model_config,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 
 from starcli.errors import CheckpointError
-from starcli.models.networks import Discriminator, Generator, ModelConfig
+from starcli.families.stargan_v1.networks import Discriminator, Generator, ModelConfig
 
 __all__ = [
     "convert_official_generator",

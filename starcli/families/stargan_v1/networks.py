@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from starcli.config import check_image_size
 from starcli.errors import ConfigError
+from starcli.families.stargan_v1.config import check_image_size
 
 __all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualBlock", "count_parameters"]
 

@@ -33,8 +33,8 @@ from starcli.errors import (
     DatasetNotFoundError,
     StarcliError,
 )
-from starcli.models.networks import Discriminator, Generator
-from starcli.models.official import (
+from starcli.families.stargan_v1.networks import Discriminator, Generator
+from starcli.families.stargan_v1.official import (
     convert_official_discriminator,
     convert_official_generator,
     official_model_config,
@@ -165,24 +165,24 @@ def import_stargan_v1(g_path: Path, d_path: Path | None, attrs: Sequence[str],
     G.load_state_dict(convert_official_generator(g_state, c_dim=len(names),
                                                  image_size=image_size,
                                                  source=str(g_path)))
-    D: nn.Module
-    if d_state is not None:
+    modules: dict[str, nn.Module] = {"G": G}
+    if d_state is not None:  # without D, meta says there is no discriminator
         D = Discriminator(model_cfg)
         D.load_state_dict(convert_official_discriminator(d_state, c_dim=model_cfg.cls_dim,
                                                          image_size=image_size,
                                                          source=str(d_path)))
-    else:
-        D = nn.Module()  # an empty D.safetensors; meta says there is no discriminator
+        modules["D"] = D
     match = _STEP_RE.match(g_path.name)
     step = int(match.group(1)) if match else 0
     imported: dict[str, Any] = {"from": "stargan-v1", "G": g_path.name,
                                 "G_sha256": _sha256(g_path)}
     if d_path is not None:
         imported.update(D=Path(d_path).name, D_sha256=_sha256(Path(d_path)))
-    meta = {"model": model_cfg.to_dict(), "labels": layout.to_dict(), "train": {},
+    meta = {"family": "stargan-v1", "model": model_cfg.to_dict(), "labels": layout.to_dict(),
+            "train": {},
             "datasets": [], "has_discriminator": d_state is not None, "imported": imported,
             "starcli": __version__}
-    path = save_checkpoint(Path(out), step, G, D, meta, state=None, keep_last=1)
+    path = save_checkpoint(Path(out), step, modules, meta, state=None, keep_last=1)
     log(progress, f"imported {g_path.name}{' + ' + Path(d_path).name if d_path else ''} "
                   f"({', '.join(names)}; {image_size}px) → {path}")
     return path

@@ -1,0 +1,146 @@
+"""The StarGAN v1 objective applied to one batch (Choi et al. 2018, eq. 1-4).
+
+Each iteration takes one batch of one dataset, shuffles the batch's own labels into targets
+(exclusive groups such as hair colour stay valid because whole label rows move), trains D on
+real images and on fakes (made without a graph unless G trains on them in this iteration), and
+every `n_critic`-th batch of each dataset trains G on the adversarial, classification and
+cycle-reconstruction losses. In a joint run the only difference is the label layout: the
+classification loss looks at the batch's own dataset's slice of D's logits.
+
+The speed comes from: no graph for fakes that only D sees, real and fake images in one D pass,
+no D weight gradients in the G step, and one fake shared by the D and G steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from starcli.families.base import StepContext
+from starcli.models.losses import (
+    classification_loss,
+    d_adversarial_loss,
+    g_adversarial_loss,
+    gradient_penalty,
+    reconstruction_loss,
+)
+
+__all__ = ["StarGANv1Step", "LOSS_KEYS", "PER_DATASET_KEYS", "LOG_KEYS"]
+
+LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "G/loss", "G/adv", "G/cls", "G/rec")
+PER_DATASET_KEYS = ("D/cls", "D/acc_real", "G/cls", "G/rec", "G/acc_fake")
+LOG_KEYS = ("D/loss", "D/cls", "G/loss", "G/cls", "G/rec")
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No parameter gradients for `module` (gradients still flow through it to its input)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _accuracy(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "onehot":
+        return (logits.argmax(1) == target.argmax(1)).float().mean()
+    return ((logits > 0).float() == target).float().mean()
+
+
+class StarGANv1Step:
+    """Returns detached 0-d loss tensors. Under DDP the D step calls the wrapped D and the G
+    step the unwrapped one (its parameters are frozen there, and a DDP forward whose
+    parameters get no gradient would leave its reduction unfinished); the gradient penalty
+    also uses the unwrapped D (double backward through DDP's reducer is not supported) and its
+    parameter gradients join the same accumulation, so DDP still averages the whole gradient."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.G = ctx.train["G"]
+        self.D = ctx.train["D"]
+        self.D_eager = ctx.modules["D"]  # for the gradient penalty (double backward)
+        self.D_g = ctx.nosync["D"]  # D as the G step calls it (frozen; unwrapped under DDP)
+        self.ema = ctx.ema.get("G")
+        # D steps taken per label space: G steps every n_critic-th batch *of each dataset*,
+        # so strict alternation with an even n_critic cannot starve one dataset of G updates.
+        self.d_steps = [0] * len(ctx.layout.spaces)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"d_steps": list(self.d_steps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.d_steps[:] = [int(n) for n in state["d_steps"]]
+
+    def __call__(self, step: int, batch: Any) -> dict[str, torch.Tensor]:
+        ctx = self.ctx
+        opt, rt, layout = ctx.cfg.options, ctx.rt, ctx.layout
+        space = batch.space_index
+        x = batch.model_input(rt.device, rt.channels_last)
+        labels = batch.labels.to(rt.device)
+        c_org = batch.c.to(rt.device)
+        kind = layout.spaces[space].kind
+        cls_slice = layout.cls_slice(space)
+        n = x.shape[0]
+        # Targets: this batch's own label rows, shuffled (the paper's scheme).
+        perm = torch.randperm(n, generator=ctx.gen).to(rt.device)
+        label_trg = labels[perm]
+        c_trg = layout.encode(space, label_trg)
+        out: dict[str, torch.Tensor] = {}
+
+        # ---- D: real vs fake, classify the real images.
+        use_gp = opt.adv_loss == "wgan-gp" and opt.lambda_gp > 0
+        self.d_steps[space] += 1
+        g_step = self.d_steps[space] % opt.n_critic == 0
+        with rt.autocast():  # one region: autocast casts each weight to bf16 once per region
+            if g_step:
+                # G is not changed by the D update, so this fake (with its graph) is exactly
+                # the one the G step needs: one G forward fewer than the official code.
+                fake_g = self.G(x, c_trg)
+                fake = fake_g.detach()
+            else:
+                with torch.no_grad():  # the official code builds (and discards) a graph here
+                    fake = self.G(x, c_trg)
+            # One D pass over real and fake: D has no batch statistics, so this equals two.
+            src, cls = self.D(torch.cat([x, fake.to(x.dtype)]))
+            src_real, src_fake = src[:n], src[n:]
+            cls_real = cls[:n, cls_slice]
+            d_adv = d_adversarial_loss(src_real, src_fake, opt.adv_loss)
+            d_cls = classification_loss(cls_real, labels, kind)
+            d_loss = d_adv + opt.lambda_cls * d_cls
+            if use_gp and rt.precision != "fp16":
+                d_gp = gradient_penalty(lambda z: self.D_eager(z)[0], x, fake)
+        if use_gp and rt.precision == "fp16":
+            # fp16 gradients of gradients underflow without their own scaling: fp32 penalty.
+            with torch.autocast(device_type=rt.device.type, enabled=False):
+                d_gp = gradient_penalty(lambda z: self.D_eager(z)[0], x, fake.float())
+        if use_gp:
+            d_loss = d_loss + opt.lambda_gp * d_gp
+            out["D/gp"] = d_gp.detach()
+        ctx.optimizers.step("d", d_loss)
+        out.update({"D/loss": d_loss.detach(), "D/adv": d_adv.detach(),
+                    "D/cls": d_cls.detach(),
+                    "D/acc_real": _accuracy(cls_real.detach().float(), labels, kind)})
+
+        # ---- G every n_critic batches (of this dataset): fool D, hit targets, reconstruct.
+        if g_step:
+            with frozen(self.D_eager), rt.autocast():
+                src_fake, cls_fake = self.D_g(fake_g)
+                cls_fake = cls_fake[:, cls_slice]
+                g_adv = g_adversarial_loss(src_fake, opt.adv_loss)
+                g_cls = classification_loss(cls_fake, label_trg, kind)
+                g_rec = reconstruction_loss(x, self.G(fake_g, c_org))
+                g_loss = g_adv + opt.lambda_cls * g_cls + opt.lambda_rec * g_rec
+            ctx.optimizers.step("g", g_loss)
+            if self.ema is not None:
+                self.ema.update()
+            out.update({"G/loss": g_loss.detach(), "G/adv": g_adv.detach(),
+                        "G/cls": g_cls.detach(), "G/rec": g_rec.detach(),
+                        "G/acc_fake": _accuracy(cls_fake.detach().float(), label_trg, kind)})
+        return out

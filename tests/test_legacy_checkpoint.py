@@ -1,0 +1,93 @@
+"""Checkpoints written before model families existed load and resume as StarGAN v1."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from starcli.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
+from starcli.cli import app
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_v1"
+
+
+def _make_dataset():
+    path = Path(__file__).resolve().parent / "test_training.py"
+    spec = importlib.util.spec_from_file_location("_starcli_training_tests_legacy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_dataset
+
+
+@pytest.fixture
+def legacy_run(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE / "run", run)
+    return run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_legacy_meta_has_no_family_and_loads_as_stargan_v1(legacy_run):
+    meta = read_meta(resolve_checkpoint(legacy_run))
+    assert "family" not in meta and meta["version"] == 1
+    ckpt = load_checkpoint(legacy_run)
+    assert ckpt.family == "stargan-v1" and ckpt.ema and ckpt.step == 4
+    want = load_file(str(FIXTURE / "expected_outputs.safetensors"))
+    with torch.no_grad():
+        y = ckpt.G(want["x"], want["c"])
+        src, cls = ckpt.D(want["x"])
+    torch.testing.assert_close(y, want["G_ema_out"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(src, want["D_src"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(cls, want["D_cls"], rtol=0, atol=1e-6)
+
+
+def test_legacy_checkpoint_resumes_exactly_like_the_old_code(legacy_run, home):
+    from starcli.engine import resume_config, train
+
+    _make_dataset()(home, "demo-celeba", "celeba", seed=0)
+    cfg = resume_config(legacy_run, home=str(home))
+    assert cfg.family == "stargan-v1" and cfg.g_conv_dim == 4 and cfg.iters == 6
+    result = train(cfg)
+    assert result["step"] == 6 and result["resumed_from"] == 4
+    after = load_file(str(FIXTURE / "expected_step6.safetensors"))
+    ckpt_dir = legacy_run / "checkpoints" / "step-00000006"
+    for name in ("G", "G_ema", "D"):
+        mine = load_file(str(ckpt_dir / f"{name}.safetensors"))
+        for key, value in mine.items():
+            torch.testing.assert_close(value, after[f"{name}.{key}"], rtol=0, atol=1e-6)
+    old = json.loads((FIXTURE / "expected_metrics.json").read_text())[-1]
+    new = [json.loads(line) for line in (legacy_run / "metrics.jsonl").read_text().splitlines()]
+    new = next(r for r in new if r["step"] == old["step"])
+    for key in ("D/loss", "D/gp", "G/loss", "G/rec", "G/cls", "lr_g", "lr_d"):
+        assert new[key] == pytest.approx(old[key], rel=1e-5), key
+    assert read_meta(ckpt_dir)["family"] == "stargan-v1"
+
+
+def test_legacy_checkpoint_translates_from_the_cli(legacy_run, tmp_path, home):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(faces / f"{i}.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["translate", str(faces), "--to", "Blond_Hair", "-c",
+                                      str(legacy_run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (out / "Blond_Hair").iterdir())
+    assert written == ["0.png", "1.png", "2.png"]
