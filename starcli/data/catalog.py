@@ -8,6 +8,7 @@ Nothing here writes except the optional contact sheet (atomically).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from starcli.data.labels import did_you_mean
 from starcli.data.registry import DatasetSpec, load_registry
 from starcli.errors import DatasetNotFoundError, ShardError, UnknownDatasetError
 from starcli.paths import prepared_root, raw_dir
+from starcli.utils import atomic_write_bytes
 
 GRID_SAMPLES = 16
 GRID_COLUMNS = 4
@@ -296,13 +298,9 @@ def write_grid(home: Path, name: str, path: Path, size: int | None = None) -> di
             draw.text((x, y + tile + 2 + j * line_h - top), line, fill="black", font=font)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sheet.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
     return {"path": str(path), "width": width, "height": height, "samples": len(samples),
             "image_size": image_size, "labels": [t for _, t in samples]}
 

@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from starcli.data.celeba_attrs import CELEBA_ATTRIBUTES, HAIR_COLOURS
 from starcli.errors import UsageError
 from starcli.progress import Progress, progress_task
+from starcli.utils import atomic_write_bytes, atomic_write_text
 
 RENDERED_ATTRIBUTES: tuple[str, ...] = (
     *HAIR_COLOURS, "Male", "Young", "Smiling", "Eyeglasses", "Bangs", "Pale_Skin",
@@ -633,17 +634,10 @@ def landmarks(f: Face) -> tuple[int, ...]:
 # Files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def _write_image(path: Path, f: Face, skip_existing: bool) -> bool:
     if skip_existing and path.exists():
         return False
-    _write_atomic(path, render_face(f))
+    atomic_write_bytes(path, render_face(f), durable=False)
     return True
 
 
@@ -710,13 +704,13 @@ def _prepare_root(root: Path, state: dict, ours: list[Path]) -> bool:
                          "choose an empty folder for the synthetic set.")
     root.mkdir(parents=True, exist_ok=True)
     resume = isinstance(old, dict) and {k: old.get(k) for k in state} == state
-    _write_atomic(marker, (json.dumps({**state, "complete": False}, indent=1) + "\n").encode())
+    atomic_write_text(marker, json.dumps({**state, "complete": False}, indent=1) + "\n")
     return resume
 
 
 def _finish(root: Path, state: dict, summary: dict) -> None:
-    _write_atomic(root / MARKER,
-                  (json.dumps({**state, "complete": True, **summary}, indent=1) + "\n").encode())
+    atomic_write_text(root / MARKER,
+                      json.dumps({**state, "complete": True, **summary}, indent=1) + "\n")
 
 
 def _remove_stale(folder: Path, pattern: re.Pattern, keep: Callable[[str], bool]) -> None:
