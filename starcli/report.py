@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from starcli.formatting import classification_error_sentence, pct
+from starcli.formatting import num as _num
 from starcli.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report", "write_json", "render_markdown", "sample_grid", "accuracy_chart",
@@ -24,14 +26,6 @@ _GRID = (225, 225, 225)
 _SUCCESS = (46, 110, 180)
 _ACCURACY = (160, 195, 230)
 _CEILING = (200, 60, 40)
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -144,12 +138,8 @@ def render_markdown(report: dict[str, Any], files: dict[str, Any]) -> str:
                       f" ({per}).", ""]
         err = sec.get("classification_error")
         if err:
-            line = (f"Classification error of translated images: {pct(err['translated'], 2)} "
-                    f"(real images {pct(err['real'], 2)})")
-            if err.get("paper"):
-                line += (f"; StarGAN paper on RaFD: {pct(err['paper']['stargan'], 2)} "
-                         f"(real {pct(err['paper']['real'], 2)})")
-            lines += [line + ".", ""]
+            sentence = classification_error_sentence(err)
+            lines += [sentence[0].upper() + sentence[1:] + ".", ""]
         lines += ["| target | success | accuracy | ceiling | reconstruction L1 | FID |",
                   "|---|---|---|---|---|---|"]
         for r in sec["targets"]:

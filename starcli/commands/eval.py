@@ -17,17 +17,10 @@ from starcli.commands._common import (
     emit_json,
     split_csv,
 )
+from starcli.formatting import classification_error_sentence, num, pct
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -140,36 +133,31 @@ def _print_report(report: dict[str, Any]) -> None:
         table.add_column(name, justify=justify)
     for sec in report["datasets"]:
         for row in sec["targets"]:
-            cells = [row["target"], _pct(row["success"]), _pct(row["accuracy"]),
-                     _pct(row["ceiling"]), _num(row["reconstruction_l1"]),
-                     _num(row["fid"], 2)]
+            cells = [row["target"], pct(row["success"]), pct(row["accuracy"]),
+                     pct(row["ceiling"]), num(row["reconstruction_l1"]),
+                     num(row["fid"], 2)]
             table.add_row(*([sec["dataset"]] if joint else []), *cells)
         m = sec["mean"]
         table.add_row(*([sec["dataset"]] if joint else []), "[bold]mean[/]",
-                      _pct(m["success"]), _pct(m["accuracy"]), _pct(m["ceiling"]),
-                      _num(m["reconstruction_l1"]), _num(m["fid"], 2), end_section=True)
+                      pct(m["success"]), pct(m["accuracy"]), pct(m["ceiling"]),
+                      num(m["reconstruction_l1"]), num(m["fid"], 2), end_section=True)
     console.print(table)
     s = report["summary"]
     parts = []
     if s.get("success") is not None:
-        parts += [f"success {_pct(s['success'])} (faces that did not carry the target before)",
-                  f"accuracy {_pct(s['accuracy'])}",
-                  f"classifier on real images {_pct(s['ceiling'])}"]
+        parts += [f"success {pct(s['success'])} (faces that did not carry the target before)",
+                  f"accuracy {pct(s['accuracy'])}",
+                  f"classifier on real images {pct(s['ceiling'])}"]
     if s.get("reconstruction_l1") is not None:
-        parts.append(f"reconstruction L1 {_num(s['reconstruction_l1'])}")
+        parts.append(f"reconstruction L1 {num(s['reconstruction_l1'])}")
     if s.get("fid") is not None:
-        parts.append(f"FID {_num(s['fid'], 2)}")
+        parts.append(f"FID {num(s['fid'], 2)}")
     if parts:
         console.print("Mean over targets: " + ", ".join(parts))
     for sec in report["datasets"]:
         err = sec.get("classification_error")
         if err:
-            line = (f"{sec['dataset']}: classification error of translated images "
-                    f"{_pct(err['translated'], 2)} (real {_pct(err['real'], 2)})")
-            if err.get("paper"):
-                line += (f"; StarGAN paper on RaFD: {_pct(err['paper']['stargan'], 2)} "
-                         f"(real {_pct(err['paper']['real'], 2)})")
-            console.print(line)
+            console.print(f"{sec['dataset']}: {classification_error_sentence(err)}")
     files = report["files"]
     console.print(f"[green]✓[/] report: {files['markdown']}")
     for path in files["samples"].values():
@@ -231,7 +219,7 @@ def train_classifier(
         verb = "reused" if r["reused"] else "trained"
         console.print(f"[green]✓[/] {r['dataset']}: {verb} ({r['epochs']} epochs), "
                       f"{holdout.get('split', 'holdout')} accuracy "
-                      f"{_pct(holdout.get('accuracy'))}")
+                      f"{pct(holdout.get('accuracy'))}")
         console.print(f"  {r['path']}")
     if json_out:
         emit_json({"classifiers": results})
