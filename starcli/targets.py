@@ -17,7 +17,6 @@ read from a CSV), which is why a target is turned into label vectors per batch w
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from starcli.data.labels import LabelLayout, did_you_mean
+from starcli.data.tables import read_label_csv as read_label_rows
 from starcli.errors import UsageError
 
 __all__ = ["Assignment", "Target", "parse_target", "parse_targets", "read_labels_csv",
@@ -306,15 +306,21 @@ def parse_targets(specs: Sequence[str], layout: LabelLayout, *,
 # --------------------------------------------------------------------------- --labels CSV
 
 
-def _csv_value(text: str, where: str) -> float:
-    v = text.strip().lower()
-    if v == "":
-        return float("nan")
-    if v in _ON:
-        return 1.0
-    if v in _OFF:
-        return 0.0
-    raise UsageError(f"{where}: '{text}' is not a label value; use 1 or 0 (or -1 for 0).")
+def _label_position(layout: LabelLayout, name: str, where: str) -> tuple[int, str]:
+    """(layout position, "dataset:label") of one `--labels` column name."""
+    qualifier, sep, bare = name.rpartition(":")
+    spaces = _space_matches(layout, qualifier) if sep else range(len(layout.spaces))
+    hits = [(s, layout.spaces[s].names.index(bare)) for s in spaces
+            if bare in layout.spaces[s].names]
+    if not hits:
+        raise UsageError(f"{where}: column '{name}' is not a label of this model."
+                         f"{did_you_mean(bare, _all_names(layout))} This model's labels: "
+                         f"{label_listing(layout)}.")
+    if len(hits) > 1:
+        raise UsageError(f"{where}: column '{name}' exists in several label spaces; "
+                         "qualify it as <dataset>:<label>.")
+    s, c = hits[0]
+    return layout.blocks[s].offset + c, f"{layout.spaces[s].dataset}:{bare}"
 
 
 def read_labels_csv(path: Path, layout: LabelLayout) -> tuple[dict[str, np.ndarray],
@@ -324,48 +330,28 @@ def read_labels_csv(path: Path, layout: LabelLayout) -> tuple[dict[str, np.ndarr
     Returns ({file key: (cls_dim,) float32 with NaN where unknown}, [label names covered]).
     File keys are the `file` column as written, with "\\" turned into "/"; callers match
     them against an input's relative path or its file name. Label columns may be qualified
-    (`demo-celeba:Male`); unknown columns are a UsageError with a did-you-mean.
+    (`demo-celeba:Male`); unknown columns are a UsageError with a did-you-mean. The cells
+    are read by the parser every label table uses (starcli.data.tables), so its one-line
+    errors (not UTF-8, `inf`, `0.5`, `5`, with the line) apply here too.
     """
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as exc:
-        raise UsageError(f"--labels {path}: cannot read it ({exc.strerror or exc}).") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--labels {path}: not a UTF-8 text CSV file.") from None
-    if not rows or not rows[0]:
-        raise UsageError(f"--labels {path} is empty; it needs a header: file,<label>,<label>,...")
-    header = [h.strip() for h in rows[0]]
-    if header[0].lower() != "file":
-        raise UsageError(f"--labels {path}: the first column must be 'file', not '{header[0]}'.")
-    columns: list[tuple[int, int]] = []  # (csv column, layout position)
-    covered = []
-    for k, name in enumerate(header[1:], start=1):
-        if not name:
-            continue
-        qualifier, sep, bare = name.rpartition(":")
-        spaces = _space_matches(layout, qualifier) if sep else range(len(layout.spaces))
-        hits = [(s, layout.spaces[s].names.index(bare)) for s in spaces
-                if bare in layout.spaces[s].names]
-        if not hits:
-            raise UsageError(f"--labels {path}: column '{name}' is not a label of this model."
-                             f"{did_you_mean(bare, _all_names(layout))} This model's labels: "
-                             f"{label_listing(layout)}.")
-        if len(hits) > 1:
-            raise UsageError(f"--labels {path}: column '{name}' exists in several label spaces; "
-                             "qualify it as <dataset>:<label>.")
-        s, c = hits[0]
-        columns.append((k, layout.blocks[s].offset + c))
-        covered.append(f"{layout.spaces[s].dataset}:{bare}")
+    where = f"--labels {path}"
+    rows = read_label_rows(Path(path), where=where)  # blank cells -> NaN ("unknown")
+    columns: list[tuple[int, int]] = []  # (table column, layout position)
+    covered: list[str] = []
+    named_by: dict[int, str] = {}
+    for j, name in enumerate(rows.columns):
+        pos, label = _label_position(layout, name, where)
+        if pos in named_by:
+            # Two columns for one label would let the later one win silently.
+            raise UsageError(f"{where}: columns '{named_by[pos]}' and '{name}' name the same "
+                             "label; keep one of them.")
+        named_by[pos] = name
+        columns.append((j, pos))
+        covered.append(label)
     out: dict[str, np.ndarray] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        key = row[0].strip().replace("\\", "/")
+    for i, key in enumerate(rows.files):
         vec = np.full(layout.cls_dim, np.nan, dtype=np.float32)
-        for k, pos in columns:
-            if k < len(row):
-                vec[pos] = _csv_value(row[k], f"--labels {path} line {line}")
+        for j, pos in columns:
+            vec[pos] = rows.values[i, j]
         out[key] = vec
     return out, covered

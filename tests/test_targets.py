@@ -167,3 +167,36 @@ def test_labels_csv_errors(tmp_path, text, fragment):
     path.write_text(text)
     with pytest.raises(UsageError, match=fragment):
         read_labels_csv(path, SINGLE)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"file,Male\na.jpg,1\nJos\xe9.jpg,0\n", "line 3: byte 0xe9 is not UTF-8"),
+    (b"file,Male\na.jpg,1\nb.jpg,inf\n", "line 3: column 'Male': 'inf' is not a label value"),
+    (b"file,Male\na.jpg,0.5\n", "line 2: column 'Male': '0.5' is not a label value"),
+    (b"file,Male,Young\na.jpg,1,0\nb.jpg,0,5\n", "line 3: column 'Young': '5' is not a label"),
+])
+def test_labels_csv_bad_values_name_the_file_and_line(tmp_path, body, fragment):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(body)
+    with pytest.raises(UsageError) as err:
+        read_labels_csv(path, SINGLE)
+    msg = str(err.value)
+    assert msg.startswith(f"--labels {path} line ") and fragment in msg
+    assert "\n" not in msg and err.value.exit_code == 2
+
+
+def test_labels_csv_spreadsheet_export_and_bom(tmp_path):
+    # A byte-order mark, quoted names with commas, CRLF and 1.0/-1.0 as a spreadsheet writes.
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b'\xef\xbb\xbffile,Male,Young\r\n"a, b.jpg",1.0,-1.0\r\nc.jpg,,yes\r\n')
+    table, covered = read_labels_csv(path, SINGLE)
+    assert covered == ["demo-celeba:Male", "demo-celeba:Young"]
+    assert table["a, b.jpg"][4:].tolist() == [1, 0]
+    assert np.isnan(table["c.jpg"][4]) and table["c.jpg"][5] == 1
+
+
+def test_labels_csv_two_columns_for_one_label(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("file,Male,demo-celeba:Male\na.jpg,1,0\n")
+    with pytest.raises(UsageError, match="'Male' and 'demo-celeba:Male' name the same label"):
+        read_labels_csv(path, SINGLE)
