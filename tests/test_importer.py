@@ -245,6 +245,50 @@ def test_import_cli_end_to_end(tmp_path):
     assert "c_dim 5" in bad.output and "Traceback" not in bad.output
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_import_refuses_a_folder_that_holds_a_run_unless_forced(tmp_path, monkeypatch):
+    from starcli.checkpoint import list_checkpoints, save_checkpoint
+
+    g_path, d_path = official_files(tmp_path / "official")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "celeba-1"
+    meta = {"model": CFG.to_dict(), "labels": {}, "train": {}, "datasets": []}
+    for step in (5000, 6000):  # a training run's checkpoints (and its config)
+        save_checkpoint(run, step, {"G": Generator(CFG)}, meta, {"step": step}, keep_last=3)
+    (run / "config.json").write_text("{}\n")
+    os.symlink("celeba-1", tmp_path / "runs" / "latest")
+    before = _tree(run)
+    runner = CliRunner()
+    args = ["import", "stargan-v1", str(g_path), "-d", str(d_path), "--image-size", str(SIZE)]
+    res = runner.invoke(app, [*args, "--out", "runs/latest"])
+    assert res.exit_code == 2, res.output
+    assert "--out" in res.output and "--force" in res.output and "Traceback" not in res.output
+    assert _tree(run) == before  # nothing pruned, nothing replaced
+
+    # A run folder with a config but no checkpoint yet is another run's folder too.
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.json").write_text("{}\n")
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "fresh")]).exit_code == 2
+
+    # A previous import of the same step is not replaced silently either.
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "imp")]).exit_code == 0
+    first = _tree(tmp_path / "imp")
+    again = runner.invoke(app, [*args, "--attrs", "Black_Hair,Blond_Hair,Brown_Hair,Male,"
+                                "Smiling", "--out", str(tmp_path / "imp")])
+    assert again.exit_code == 2 and _tree(tmp_path / "imp") == first
+
+    # An empty folder is fine, and --force writes over a run as before.
+    (tmp_path / "empty").mkdir()
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "empty")]).exit_code == 0
+    forced = runner.invoke(app, [*args, "--out", "runs/latest", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert [p.name for p in list_checkpoints(run)] == ["step-00200000"]
+
+
 # --- fetch pretrained-celeba-128 over loopback --------------------------------------------
 
 @pytest.fixture

@@ -46,6 +46,9 @@ def stargan_v1(
                         "(the released models: the default).")] = _OFFICIAL,
     image_size: Annotated[int, typer.Option(
         "--image-size", min=8, help="The resolution the model was trained at.")] = 128,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write into an --out folder that already holds checkpoints or a run "
+                        "(its checkpoints are replaced).")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -68,7 +71,7 @@ def stargan_v1(
         path = import_stargan_v1(generator.expanduser(),
                                  discriminator.expanduser() if discriminator else None,
                                  names, image_size, out.expanduser(), progress=progress,
-                                 home=resolve_home(home))
+                                 home=resolve_home(home), force=force)
     console.print(f"[green]✓[/] imported → {path}")
     if discriminator is None:
         console.print("  [yellow]no --discriminator:[/] translate needs --labels FILE.csv or "

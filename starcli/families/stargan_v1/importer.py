@@ -141,18 +141,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _refuse_occupied(out: Path) -> None:
+    """ConfigError when `out` holds checkpoints or another run: the import keeps one
+    checkpoint, so writing there would prune that run or replace a same-step checkpoint."""
+    from starcli.checkpoint import list_checkpoints
+
+    found = list_checkpoints(out)
+    if found:
+        held = f"{len(found)} checkpoint(s), the newest {found[-1].name}"
+    else:
+        held = " and ".join(p.name for p in (out / "config.json", out / "checkpoints")
+                            if p.exists())
+    if held:
+        raise ConfigError(f"--out {out} already holds {held} (another run); the import would "
+                          "delete or replace them. Choose a new --out folder, or pass --force "
+                          "to write into it anyway.")
+
+
 def import_stargan_v1(g_path: Path, d_path: Path | None, attrs: Sequence[str],
                       image_size: int, out: Path, progress: Progress | None = None,
-                      home: Path | None = None) -> Path:
+                      home: Path | None = None, force: bool = False) -> Path:
     """Convert official G (and D) weights into a starcli checkpoint under run dir `out`.
 
     Returns the checkpoint directory (`out/checkpoints/step-<N>/`, N from names like
     `200000-G.ckpt`, else 0). Without D the checkpoint can translate but not estimate the
     inputs' own labels (translate then needs --labels, or specs that name every label).
+    A folder that already holds checkpoints or a run is refused (ConfigError) unless `force`:
+    the import then replaces every checkpoint in it.
     """
     from starcli import __version__
     from starcli.checkpoint import save_checkpoint
 
+    if not force:
+        _refuse_occupied(Path(out))
     g_path = Path(g_path)
     layout = official_layout(attrs, home)
     names = layout.spaces[0].names
@@ -259,8 +280,9 @@ def _fetch_and_import(spec: DatasetSpec, cfg: FetchConfig, raw: Path, target: Pa
                 f"{spec.name}: {' / '.join(spec.checkpoint_files)} not found in the "
                 "archive, so it is not the official one; fetch again (another --mirror), or "
                 "pass --from PATH to a copy you trust.")
+        # The target is fetch's own folder (skipped above unless --force or --from).
         return import_stargan_v1(g_file, d_file, spec.attrs, int(spec.image_size[0]),
-                                 target, progress=progress, home=Path(cfg.home))
+                                 target, progress=progress, home=Path(cfg.home), force=True)
 
 
 def _download(spec: DatasetSpec, f: FileSpec, cfg: FetchConfig, raw: Path,
