@@ -42,6 +42,8 @@ _DETECT_MAX_SIDE = 800
 _DETECT_MIN_SIDE = 256
 # The intermediate crop (before resizing to the model size) is never larger than this.
 _MAX_CROP = 2048
+# The largest side OpenCV's warpAffine/remap accept as a source (it asserts < SHRT_MAX).
+_CV_MAX_SIDE = 32766
 
 
 def cascade_path(name: str) -> str:
@@ -186,10 +188,45 @@ class FaceAligner:
         return crop(rgb, where), where
 
 
+def _sampled_region(rgb: np.ndarray, matrix: np.ndarray,
+                    side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the part of `rgb` a `side` square cut through `matrix` samples, the matrix from that
+    part's pixels to the square). OpenCV's warpAffine refuses a source with a side of
+    SHRT_MAX (32767) or more, so a panorama is cut down to the face's region first, and that
+    region is shrunk when even it is too big. `matrix` (what paste-back uses) is unchanged."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= _CV_MAX_SIDE:
+        return rgb, matrix
+    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
+    mapped = corners @ cv2.invertAffineTransform(matrix).T
+    # A 2-px margin for the interpolation; clipped to the photo, where BORDER_REPLICATE
+    # repeats the same edge pixels the full photo would.
+    x0 = min(w - 1, max(0, math.floor(mapped[:, 0].min()) - 2))
+    y0 = min(h - 1, max(0, math.floor(mapped[:, 1].min()) - 2))
+    x1 = max(x0 + 1, min(w, math.ceil(mapped[:, 0].max()) + 3))
+    y1 = max(y0 + 1, min(h, math.ceil(mapped[:, 1].max()) + 3))
+    region = rgb[y0:y1, x0:x1]
+    m = matrix.copy()
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
+    rh, rw = region.shape[:2]
+    if max(rh, rw) <= _CV_MAX_SIDE:
+        return region, m
+    shrink = _CV_MAX_SIDE / max(rh, rw)
+    nw, nh = max(1, int(rw * shrink)), max(1, int(rh * shrink))
+    region = cv2.resize(region, (nw, nh), interpolation=cv2.INTER_AREA)
+    # Pixel centres: old u + 0.5 = (new u' + 0.5) * rw / nw, and likewise for v.
+    fx, fy = rw / nw, rh / nh
+    m[:, 2] += m[:, :2] @ np.array([0.5 * fx - 0.5, 0.5 * fy - 0.5])
+    m[:, 0] *= fx
+    m[:, 1] *= fy
+    return region, m
+
+
 def crop(rgb: np.ndarray, where: Alignment) -> np.ndarray:
     """Cut the aligned square out of `rgb` and resize it to the model size."""
     side = where.crop_side
-    square = cv2.warpAffine(rgb, where.matrix, (side, side), flags=cv2.INTER_LINEAR,
+    source, matrix = _sampled_region(rgb, where.matrix, side)
+    square = cv2.warpAffine(source, matrix, (side, side), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REPLICATE)
     if side != where.size:
         interp = cv2.INTER_AREA if side > where.size else cv2.INTER_CUBIC

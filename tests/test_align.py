@@ -161,3 +161,55 @@ def test_missing_cascades_are_reported(monkeypatch):
     monkeypatch.setattr(align, "cascade_path", lambda name: "/nonexistent/" + name)
     with pytest.raises(StarcliError, match="opencv-python-headless 4"):
         FaceAligner(64)
+
+
+# OpenCV's warpAffine refuses a source with a side of 32767 px (SHRT_MAX) or more; panoramas
+# are wider than that. A 40000 x 64 strip keeps the test small (7.7 MB).
+WIDE = 40_000
+
+
+def _wide_strip(face_size: int = 64, at: int = 35_000) -> np.ndarray:
+    strip = np.full((64, WIDE, 3), 60, np.uint8)
+    strip[:, :, 0] = (np.arange(WIDE) * 255 // WIDE).astype(np.uint8)  # where am I, in red
+    face, _, _ = drawn_face(face_size)
+    strip[:face_size, at:at + face_size] = face
+    return strip
+
+
+def test_face_in_a_photo_wider_than_opencv_allows_is_cropped_and_pasted_back():
+    strip = _wide_strip()
+    found = FaceAligner(64).align(strip)  # cv2.error (-215:Assertion failed) before the fix
+    assert found is not None
+    square, where = found
+    assert square.shape == (64, 64, 3)
+    x, y, w, h = where.face.box
+    assert 35_000 <= x < 35_064 and w <= 64
+    # The same cut from a small photo holding the same pixels: the same crop.
+    left = 34_800
+    shifted = Face(box=(x - left, y, w, h),
+                   left_eye=(where.face.left_eye[0] - left, where.face.left_eye[1]),
+                   right_eye=(where.face.right_eye[0] - left, where.face.right_eye[1]),
+                   eyes_detected=where.face.eyes_detected, faces_found=1)
+    small = crop(strip[:, left:left + 500], alignment_for(shifted, 64))
+    assert np.abs(small.astype(int) - square).max() <= 1
+    # Paste-back maps the crop to the same place in the full-width photo.
+    back = paste_back(strip, 255 - square, where)
+    assert back.shape == strip.shape
+    cy, cx = y + h // 2, x + w // 2
+    assert np.abs(back[cy, cx].astype(int) - strip[cy, cx]).max() > 60
+    assert (back[:, :34_000] == strip[:, :34_000]).all()
+
+
+def test_a_face_wider_than_opencv_allows_is_shrunk_first():
+    strip = _wide_strip()
+    # Eyes 8000 px apart: the crop's source region is ~36500 px wide, over the limit itself.
+    face = Face(box=(16_000, 0, 16_000, 64), left_eye=(20_000.0, 30.0),
+                right_eye=(28_000.0, 30.0), eyes_detected=True, faces_found=1)
+    where = alignment_for(face, 32)
+    square = crop(strip, where)
+    assert square.shape == (32, 32, 3)
+    # Red encodes x: the crop's columns run left to right across the eyes' span.
+    eye_row = round(CELEBA_EYES[0][1] * 32)
+    red = square[eye_row, :, 0].astype(int)
+    for frac, x in ((CELEBA_EYES[0][0], 20_000), (CELEBA_EYES[1][0], 28_000)):
+        assert abs(red[round(frac * 32 - 0.5)] - x * 255 // WIDE) <= 3

@@ -1,4 +1,5 @@
-"""`starcli translate --labels CSV` through the CLI: a bad table is one line and exit 2."""
+"""`starcli translate` through the CLI: a bad `--labels` table is one line and exit 2; `--align
+--paste-back` works on a photo wider than OpenCV's warpAffine accepts."""
 
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ def photo(tmp_path) -> Path:
     return path
 
 
+def _test_module(name: str):
+    # pytest runs with --import-mode=importlib, so sibling test files are not importable.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _translate(run_dir: Path, photo: Path, labels: Path, out: Path):
     return runner.invoke(app, ["translate", str(photo), "--to", "Blond_Hair", "-c", str(run_dir),
                                "-o", str(out), "--device", "cpu", "--precision", "fp32",
@@ -72,3 +83,24 @@ def test_good_labels_csv_translates(run_dir, photo, tmp_path):
     res = _translate(run_dir, photo, labels, out)
     assert res.exit_code == 0, res.output
     assert len(list(out.rglob("p0.*"))) == 1
+
+
+def test_align_and_paste_back_on_a_panorama_wider_than_opencv_allows(run_dir, tmp_path):
+    drawn_face = _test_module("test_align").drawn_face  # the cartoon face the cascade finds
+    # 40000 px wide (warpAffine refuses 32767 and up); before the fix it was skipped with
+    # "(-215:Assertion failed) ... in function 'remap'" and the run ended with exit 1.
+    strip = np.full((64, 40_000, 3), 60, np.uint8)
+    strip[:, 35_000:35_064] = drawn_face(64)[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(strip).save(folder / "pano.png")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["translate", str(folder), "--to", "Blond_Hair", "-c", str(run_dir),
+                              "-o", str(out), "--device", "cpu", "--precision", "fp32",
+                              "--align", "--paste-back"])
+    assert res.exit_code == 0, res.output
+    with Image.open(out / "Blond_Hair" / "pano.png") as written:
+        pasted = np.asarray(written.convert("RGB"))
+    assert pasted.shape == strip.shape
+    changed = np.flatnonzero(np.abs(pasted.astype(int) - strip).max(axis=(0, 2)))
+    assert changed.size and 34_900 <= changed.min() and changed.max() < 35_200  # the face only
