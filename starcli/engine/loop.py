@@ -340,7 +340,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     env = environment(cfg, rt) if rt.is_main else {}
     io.start(cfg, env, start, sampler.columns if sampler else [])
     if rng is not None:
-        set_rng_state(rng, gen, device)  # last: nothing above may consume randomness after it
+        set_rng_state(rng, gen, device, warn)  # last: nothing above may consume randomness after it
 
     meta = {
         "family": family.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -14,6 +15,8 @@ import torch
 from starcli.runtime import Runtime
 
 __all__ = ["Meter", "NonFinite", "rng_state", "set_rng_state", "rank_rng", "load_optimizer"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +88,10 @@ def rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device,
+                  warn: Callable[[str], None] | None = None) -> None:
+    """Restore what `rng_state` saved. CUDA states of devices this machine does not have
+    (fewer visible GPUs than at save time) are dropped, with one warning."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -94,7 +100,13 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.dev
     torch.set_rng_state(state["torch"])
     gen.set_state(state["targets"])
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, present = list(state["cuda"]), torch.cuda.device_count()
+        if len(saved) > present:
+            (warn or logger.warning)(
+                f"the checkpoint holds the RNG states of {len(saved)} GPU(s) and "
+                f"{present} are visible; the first {present} are restored, so training "
+                "continues, but not bit-identically to the original.")
+        torch.cuda.set_rng_state_all(saved[:present])
 
 
 def rank_rng(state: dict[str, Any], rt: Runtime,
