@@ -59,3 +59,31 @@ def test_help_starts_fast_without_heavy_imports():
             "'albumentations', 'pandas') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_root_help_lists_every_command_with_clicks_own_short_help():
+    import typer.main
+
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    out = " ".join(result.stdout.replace("│", " ").split())  # panel borders at line wraps
+    group = typer.main.get_command(app)
+    import click
+
+    ctx = click.Context(group, info_name="starcli")
+    names = group.list_commands(ctx)
+    assert names == ["fetch", "prepare", "datasets", "train", "translate", "import", "eval",
+                     "demo"]
+    for name in names:
+        short = group.get_command(ctx, name).get_short_help_str(limit=200)
+        assert f"{name} {short.rstrip('.')}" in out, (name, short)
+
+
+def test_root_help_and_one_command_build_only_what_they_need():
+    code = ("import sys, typer.main, click; from starcli.cli import app\n"
+            "g = typer.main.get_command(app)\n"
+            "try:\n    g.main(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('typer.rich_utils', 'rich.markdown', 'pygments', 'torch')"
+            " if m in sys.modules), len(g._built))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[] 0"
