@@ -139,8 +139,10 @@ def test_headers_claiming_huge_sizes_are_skipped_before_decoding(tmp_path, home)
     assert reasons["a/tall.png"].startswith("too large: 9000x11000 = 99.0 megapixels")
     assert reasons["a/bomb.png"].startswith("too large")
     assert all("downscale it first" in r for r in reasons.values())
-    # Decoding wide.jpg alone would take 1.2 GB; the imports take about 200 MB.
-    assert result["peak_mb"] < 700, result["peak_mb"]
+    # Decoding wide.jpg alone would take 1.2 GB; the imports take about 200 MB, and one full
+    # suite run here peaked at 885 MB without decoding anything (allocator arenas), so the bar
+    # sits between the two.
+    assert result["peak_mb"] < 1100, result["peak_mb"]
 
 
 # --------------------------------------------------------------------------------------------
