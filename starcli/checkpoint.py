@@ -22,6 +22,7 @@ Python object is refused, never executed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,7 +45,8 @@ from starcli.utils import fsync_path
 
 __all__ = ["FORMAT", "VERSION", "LoadedCheckpoint", "resolve_checkpoint", "load_checkpoint",
            "save_checkpoint", "load_training_state", "list_checkpoints", "clean_state_dict",
-           "load_weights", "read_meta", "step_dir_name", "EMA_FILE", "family_of"]
+           "load_weights", "read_meta", "step_dir_name", "EMA_FILE", "family_of",
+           "check_weights", "header_shapes", "MAX_PARAMETERS"]
 
 FORMAT = "starcli-checkpoint"
 # Version 1 is what starcli before model families wrote and still reads: a StarGAN v1
@@ -55,6 +57,9 @@ EMA_FILE = "G_ema.safetensors"  # moving average of G's weights (StarGAN v1 runs
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 _MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _PREFIXES = ("module.", "_orig_mod.")
+# Values per module a checkpoint may hold: far above any model starcli trains (the paper's G
+# has 8.4M), so a meta.json asking for more is damaged rather than big.
+MAX_PARAMETERS = 2**31
 
 
 def step_dir_name(step: int) -> str:
@@ -96,20 +101,67 @@ def family_of(meta: dict[str, Any]) -> str:
     return meta.get("family") or LEGACY_FAMILY
 
 
+def _clean_key(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+        key = key.replace("._orig_mod.", ".")
+    return key
+
+
 def clean_state_dict(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors keyed without DDP/compile wrapper prefixes."""
     sd = module.state_dict() if isinstance(module, nn.Module) else module
-    out = {}
-    for key, value in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-            key = key.replace("._orig_mod.", ".")
-        out[key] = value.detach().to("cpu").contiguous()
-    return out
+    return {_clean_key(key): value.detach().to("cpu").contiguous() for key, value in sd.items()}
+
+
+def header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a safetensors file declares, read from its header alone (no tensor
+    data is loaded); keys without wrapper prefixes. CheckpointError for a missing or damaged
+    file."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {_clean_key(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing; the checkpoint is incomplete.") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({exc}).") from None
+
+
+def check_weights(expected: Mapping[Path, nn.Module], meta_file: Path,
+                  model: dict[str, Any] | None = None) -> None:
+    """Refuse weights files whose header shapes differ from the modules `meta_file` describes,
+    before those modules exist: build `expected` (file -> module) on the meta device
+    (`with torch.device("meta"): Generator(cfg)`), which costs no memory whatever the sizes.
+    A module over MAX_PARAMETERS is refused as well (`model`, meta's model table, is named
+    in that message). One-line CheckpointError naming the file and the key or field."""
+    for file, module in expected.items():
+        want = {_clean_key(k): tuple(v.shape) for k, v in module.state_dict().items()}
+        total = sum(math.prod(shape) for shape in want.values())
+        if total > MAX_PARAMETERS:
+            table = f" ({json.dumps(model, sort_keys=True)})" if model else ""
+            raise CheckpointError(
+                f"{meta_file}: its model{table} implies {total:,} parameters in "
+                f"{Path(file).stem}, more than the {MAX_PARAMETERS:,} starcli accepts; the "
+                "meta.json is damaged or not from starcli. Use another checkpoint.")
+        problem = _shape_difference(want, header_shapes(Path(file)))
+        if problem:
+            raise CheckpointError(f"{file} does not match the model in meta.json ({problem}).")
+
+
+def _shape_difference(want: dict[str, tuple[int, ...]],
+                      have: dict[str, tuple[int, ...]]) -> str | None:
+    for key, shape in want.items():
+        if key not in have:
+            return f"{key} is missing from the file"
+        if have[key] != shape:
+            return (f"{key}: meta.json's model gives shape {list(shape)}, the file holds "
+                    f"{list(have[key])}")
+    extra = sorted(set(have) - set(want))
+    return f"the file has {extra[0]}, which the model does not" if extra else None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

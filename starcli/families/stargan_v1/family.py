@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from starcli.checkpoint import EMA_FILE, load_weights
+from starcli.checkpoint import EMA_FILE, check_weights, load_weights
 from starcli.families.base import OptimizerSpec, StepContext
 from starcli.families.stargan_v1.config import StarGANv1Options
 from starcli.families.stargan_v1.networks import (
@@ -92,11 +92,19 @@ class StarGANv1:
         """G (its moving average when the checkpoint has one and `ema`) and, when asked for
         and the checkpoint has one (imported G-only weights have none), D."""
         ckpt_dir = Path(ckpt_dir)
-        G = Generator(model)
         use_ema = ema and (ckpt_dir / EMA_FILE).is_file()
-        load_weights(G, ckpt_dir / (EMA_FILE if use_ema else "G.safetensors"))
+        g_file = ckpt_dir / (EMA_FILE if use_ema else "G.safetensors")
+        with_d = with_discriminator and meta.get("has_discriminator", True)
+        # meta.json's sizes against the files' headers before any memory is spent on them.
+        with torch.device("meta"):
+            shapes: dict[Path, nn.Module] = {g_file: Generator(model)}
+            if with_d:
+                shapes[ckpt_dir / "D.safetensors"] = Discriminator(model)
+        check_weights(shapes, ckpt_dir / "meta.json", meta.get("model"))
+        G = Generator(model)
+        load_weights(G, g_file)
         modules: dict[str, nn.Module] = {"G": G.to(device).eval()}
-        if with_discriminator and meta.get("has_discriminator", True):
+        if with_d:
             D = Discriminator(model)
             load_weights(D, ckpt_dir / "D.safetensors")
             modules["D"] = D.to(device).eval()
