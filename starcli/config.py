@@ -31,7 +31,7 @@ from starcli.errors import ConfigError
 from starcli.families import DEFAULT_FAMILY, LEGACY_FAMILY, family_info
 
 __all__ = ["TrainConfig", "PRECISIONS", "ADAM_IMPLS", "DEFAULT_JOINT_DATASETS",
-           "load_run_config", "RESUME_OVERRIDABLE", "presets_of"]
+           "load_run_config", "RESUME_OVERRIDABLE", "RESUME_OVERRIDABLE_OPTIONS", "presets_of"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 ADAM_IMPLS = ("auto", "foreach", "fused", "for-loop")
@@ -42,6 +42,10 @@ DEFAULT_JOINT_DATASETS = ("celeba", "rafd")
 RESUME_OVERRIDABLE = ("iters", "device", "workers", "compile", "channels_last", "precision",
                       "sample_every", "save_every", "log_every", "keep_last", "home", "resume",
                       "dist_timeout")
+# Family option fields a resumed run may change: the learning rates (the way out of a
+# non-finite loss, which an exact resume would otherwise replay). Recorded in the run's
+# environment.json under its resumes.
+RESUME_OVERRIDABLE_OPTIONS = ("g_lr", "d_lr")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 

@@ -40,8 +40,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from starcli.checkpoint import load_training_state, load_weights, read_meta, resolve_checkpoint
-from starcli.config import TrainConfig
+from starcli.checkpoint import (
+    check_weights,
+    load_training_state,
+    load_weights,
+    read_meta,
+    resolve_checkpoint,
+)
+from starcli.config import RESUME_OVERRIDABLE_OPTIONS, TrainConfig
 from starcli.data.dataset import TrainStream
 from starcli.engine.distributed import agree, gather_rng, process_group, shared_run_dir
 from starcli.engine.plan import RunPlan, check_resumable, describe_run
@@ -197,6 +203,7 @@ def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
         resume_dir = resolve_checkpoint(None if cfg.resume == "latest" else Path(cfg.resume))
         meta_in = read_meta(resume_dir)
         check_resumable(meta_in, resume_dir, plan, warn)
+        _check_resume_weights(resume_dir, meta_in, plan)
         run_dir = resume_dir.parent.parent.resolve()
     else:
         run_dir = None  # created once the data stream is open
@@ -207,6 +214,48 @@ def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
         return _run(cfg, plan, stream, run_dir, resume_dir, progress, on_log, stop_event, warn)
     finally:
         stream.close()
+
+
+def _check_resume_weights(resume_dir: Path, meta: dict[str, Any], plan: RunPlan) -> None:
+    """The checkpoint's weight files against the modules this config builds, from their
+    headers and before any module exists (modules on the meta device cost no memory)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        shapes = plan.family.build(plan.model)
+    files = {resume_dir / f"{name}.safetensors": m for name, m in shapes.items()}
+    for name in plan.family.ema(plan.cfg.options):
+        average = resume_dir / f"{name}_ema.safetensors"
+        if average.is_file():
+            files[average] = shapes[name]
+    check_weights(files, resume_dir / "meta.json", meta.get("model"))
+
+
+def _resumed_changes(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, list[Any]]:
+    """Family options this resume changes (RESUME_OVERRIDABLE_OPTIONS), as [saved, now]."""
+    train = meta.get("train") or {}
+    saved = train.get("options") or train  # checkpoints before families: a flat table
+    changed = {}
+    for name in RESUME_OVERRIDABLE_OPTIONS:
+        now = getattr(cfg.options, name, None)
+        if name in saved and now is not None and saved[name] != now:
+            changed[name] = [saved[name], now]
+    return changed
+
+
+def _non_finite(bad: NonFinite, cfg: TrainConfig, rt: Runtime,
+                last_ckpt: Path | None) -> TrainingError:
+    """What works after a non-finite loss: an exact resume would replay it, so resume with
+    lower learning rates (or in fp32)."""
+    names = [n for n in RESUME_OVERRIDABLE_OPTIONS if hasattr(cfg.options, n)]
+    flags = "/".join("--" + n.replace("_", "-") for n in names)
+    fp32 = ", or --precision fp32" if rt.precision != "fp32" else ""
+    lower = " ".join(f"--{n.replace('_', '-')} {getattr(cfg.options, n) / 2:g}" for n in names)
+    if last_ckpt:
+        todo = (f"resume from {last_ckpt} with lower {flags}{fp32} (e.g. starcli train "
+                f"--resume {last_ckpt} {lower})")
+    else:
+        todo = f"no checkpoint was saved before it; start again with lower {flags}{fp32}"
+    return TrainingError(f"non-finite loss at step {bad.step}: {bad.key} = {bad.value}; "
+                         f"{todo}.")
 
 
 def _build_optimizers(plan: RunPlan, modules: dict[str, nn.Module]) -> Optimizers:
@@ -338,6 +387,10 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     sampler = family.sampler(datasets, layout, device) if rt.is_main else None
     io = RunIO(run_dir, rt.is_main, warn)
     env = environment(cfg, rt) if rt.is_main else {}
+    if resume_dir is not None and rt.is_main:
+        changed = _resumed_changes(cfg, read_meta(resume_dir))
+        if changed:
+            env["changed"] = changed
     io.start(cfg, env, start, sampler.columns if sampler else [])
     if rng is not None:
         set_rng_state(rng, gen, device, warn)  # last: nothing above may consume randomness after it
@@ -443,12 +496,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                 last_ckpt = save(step) or last_ckpt
                 last_saved_step = step
     except NonFinite as bad:
-        where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt
-                 else "no checkpoint was saved before it")
-        raise TrainingError(
-            f"non-finite loss at step {bad.step}: {bad.key} = {bad.value}; {where}. Lower "
-            "--g-lr/--d-lr, use --precision fp32, or resume from that checkpoint."
-        ) from None
+        raise _non_finite(bad, cfg, rt, last_ckpt) from None
     finally:
         io.close()
 

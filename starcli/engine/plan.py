@@ -3,13 +3,19 @@ prepared datasets and their joint label layout, the family and its model config.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starcli.checkpoint import read_meta, resolve_checkpoint
-from starcli.config import RESUME_OVERRIDABLE, TrainConfig, load_run_config
+from starcli.config import (
+    RESUME_OVERRIDABLE,
+    RESUME_OVERRIDABLE_OPTIONS,
+    TrainConfig,
+    load_run_config,
+)
 from starcli.data.dataset import PreparedDataset, joint_layout, open_prepared, prepared_sizes
 from starcli.data.labels import LabelLayout
 from starcli.data.registry import load_registry
@@ -88,7 +94,8 @@ def describe_run(cfg: TrainConfig) -> RunPlan:
 
 def resume_config(resume: str | Path, **overrides: Any) -> TrainConfig:
     """The config of the run behind `resume` (a run dir, a checkpoint dir or "latest"), with
-    `overrides` applied; only fields in RESUME_OVERRIDABLE may change (None values ignored)."""
+    `overrides` applied; only fields in RESUME_OVERRIDABLE and the family options in
+    RESUME_OVERRIDABLE_OPTIONS may change (None values ignored)."""
     ckpt = resolve_checkpoint(None if str(resume) == "latest" else Path(resume))
     run_dir = ckpt.parent.parent
     try:
@@ -98,13 +105,15 @@ def resume_config(resume: str | Path, **overrides: Any) -> TrainConfig:
         if "train" not in meta:
             raise
         base = TrainConfig.from_dict(meta["train"])
+    options = {f.name for f in dataclasses.fields(base.options)}
+    allowed = RESUME_OVERRIDABLE + tuple(n for n in RESUME_OVERRIDABLE_OPTIONS if n in options)
     changes = {k: v for k, v in overrides.items() if v is not None}
     for key, value in changes.items():
-        if key not in RESUME_OVERRIDABLE and getattr(base, key) != value:
+        if key not in allowed and getattr(base, key) != value:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag} cannot change when resuming (the run used "
                               f"{getattr(base, key)!r}); start a new run to change it.")
-    changes = {k: v for k, v in changes.items() if k in RESUME_OVERRIDABLE}
+    changes = {k: v for k, v in changes.items() if k in allowed}
     changes["resume"] = str(ckpt)
     return base.replace(**changes)
 

@@ -128,5 +128,15 @@ def test_real_tiny_run_then_resume(prepared, tmp_path):
     assert again["resumed_from"] == 2 and again["step"] == 4
     assert again["run_dir"] == out["run_dir"]
 
+    # The learning rates may change on resume (the way out of a non-finite loss).
+    lower = runner.invoke(app, ["train", "--resume", "latest", "--iters", "6", "--g-lr", "5e-5",
+                                "--d-lr", "5e-5", "--json"])
+    assert lower.exit_code == 0, lower.output
+    from starcli.config import TrainConfig
+
+    saved = TrainConfig.from_dict(json.loads((Path(out["run_dir"]) / "config.json").read_text()))
+    assert saved.g_lr == saved.d_lr == 5e-5
+    assert json.loads(lower.stdout)["metrics"]["lr_g"] == saved.lr_at(6, 5e-5) > 0
+
     changed = runner.invoke(app, ["train", "--resume", "latest", "--image-size", "64"])
     assert changed.exit_code == 2 and "cannot change when resuming" in changed.output
