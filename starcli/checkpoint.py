@@ -46,7 +46,7 @@ from starcli.utils import fsync_path
 __all__ = ["FORMAT", "VERSION", "LoadedCheckpoint", "resolve_checkpoint", "load_checkpoint",
            "save_checkpoint", "load_training_state", "list_checkpoints", "clean_state_dict",
            "load_weights", "read_meta", "step_dir_name", "EMA_FILE", "family_of",
-           "check_weights", "header_shapes", "MAX_PARAMETERS"]
+           "check_weights", "header_shapes", "MAX_PARAMETERS", "recover_checkpoints"]
 
 FORMAT = "starcli-checkpoint"
 # Version 1 is what starcli before model families wrote and still reads: a StarGAN v1
@@ -55,6 +55,7 @@ FORMAT = "starcli-checkpoint"
 VERSION = 1
 EMA_FILE = "G_ema.safetensors"  # moving average of G's weights (StarGAN v1 runs with --g-ema)
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
+_LEFTOVER_RE = re.compile(r"^\.(tmp|old)-(step-\d{8,})-(\d+)$")  # save_checkpoint's names
 _MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _PREFIXES = ("module.", "_orig_mod.")
 # Values per module a checkpoint may hold: far above any model starcli trains (the paper's G
@@ -192,6 +193,7 @@ def save_checkpoint(run_dir: Path, step: int, modules: Mapping[str, nn.Module],
             raise ValueError(f"module name {name!r} cannot be a checkpoint file name")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    recover_checkpoints(run_dir)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -233,11 +235,48 @@ def _prune(root: Path, keep_last: int, keep: Path) -> None:
     for old in complete[:max(0, len(complete) - max(1, keep_last))]:
         if old != keep:
             shutil.rmtree(old, ignore_errors=True)
-    # Leftovers of writers that died mid-save (their pid is gone).
-    for p in root.glob(".tmp-step-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+
+
+def recover_checkpoints(run_dir: Path) -> list[Path]:
+    """Clear what writers that died inside `save_checkpoint` left in run_dir/checkpoints.
+
+    A `.tmp-step-N-<pid>` is an unfinished save: deleted. A `.old-step-N-<pid>` is a complete
+    checkpoint moved aside while step N was saved again: deleted when step-N is in place,
+    and renamed back to step-N when the writer died before its replacement got there. Only
+    leftovers of processes that are gone are touched (a live writer may still need them).
+    Returns the checkpoints restored.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    restored = []
+    for p in sorted(root.iterdir()):
+        m = _LEFTOVER_RE.match(p.name)
+        if not m or not _writer_gone(int(m.group(3))):
+            continue
+        final = root / m.group(2)
+        if m.group(1) == "old" and not final.exists() and _complete(p):
+            os.replace(p, final)
+            restored.append(final)
+        else:
             shutil.rmtree(p, ignore_errors=True)
+    if restored:
+        fsync_path(root)
+    return restored
+
+
+def _complete(ckpt_dir: Path) -> bool:
+    try:
+        meta = json.loads((ckpt_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    modules = meta.get("modules") if isinstance(meta, dict) else None
+    return isinstance(modules, list) and all(
+        isinstance(m, str) and (ckpt_dir / f"{m}.safetensors").is_file() for m in modules)
+
+
+def _writer_gone(pid: int) -> bool:
+    return pid != os.getpid() and not _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -262,11 +301,13 @@ def _latest_link(runs: Path) -> Path | None:
     return None
 
 
-def resolve_checkpoint(path: Path | str | None) -> Path:
+def resolve_checkpoint(path: Path | str | None, recover: bool = False) -> Path:
     """The checkpoint directory meant by `path`.
 
     None → ./runs/latest; a run directory → its newest complete checkpoint; a checkpoint
-    directory; or a file inside one (<module>.safetensors, meta.json, state.pt).
+    directory; or a file inside one (<module>.safetensors, meta.json, state.pt). `recover`
+    (for a writer about to continue the run): first clear a run directory of what dead
+    writers left, restoring a checkpoint moved aside (`recover_checkpoints`).
     """
     if path is None or str(path) == "latest":
         latest = _latest_link(Path("runs"))
@@ -289,6 +330,8 @@ def resolve_checkpoint(path: Path | str | None) -> Path:
     if (path / "meta.json").is_file():
         return path
     run_dir = path.parent if path.name == "checkpoints" else path
+    if recover:
+        recover_checkpoints(run_dir)
     found = list_checkpoints(run_dir)
     if found:
         return found[-1]

@@ -124,3 +124,19 @@ def test_after_a_nan_resume_with_lower_learning_rates(trained, tmp_path, monkeyp
 
     with pytest.raises(ConfigError, match="--g-conv-dim cannot change"):
         resume_config(run, g_conv_dim=16)
+
+
+def test_resume_restores_a_checkpoint_a_dead_writer_moved_aside(trained, tmp_path):
+    import os
+    import subprocess
+
+    from starcli.engine import resume_config
+
+    run = _copy(trained, tmp_path)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    root = run / "checkpoints"
+    os.replace(root / "step-00000006", root / f".old-step-00000006-{proc.pid}")
+    cfg = resume_config(run)
+    assert cfg.resume == str(root / "step-00000006")
+    assert not list(root.glob(".old-*"))

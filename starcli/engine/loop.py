@@ -200,7 +200,8 @@ def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
     resume_dir: Path | None = None
     meta_in: dict[str, Any] | None = None
     if cfg.resume:
-        resume_dir = resolve_checkpoint(None if cfg.resume == "latest" else Path(cfg.resume))
+        resume_dir = resolve_checkpoint(None if cfg.resume == "latest" else Path(cfg.resume),
+                                        recover=rt.is_main)
         meta_in = read_meta(resume_dir)
         check_resumable(meta_in, resume_dir, plan, warn)
         _check_resume_weights(resume_dir, meta_in, plan)

@@ -96,7 +96,7 @@ def resume_config(resume: str | Path, **overrides: Any) -> TrainConfig:
     """The config of the run behind `resume` (a run dir, a checkpoint dir or "latest"), with
     `overrides` applied; only fields in RESUME_OVERRIDABLE and the family options in
     RESUME_OVERRIDABLE_OPTIONS may change (None values ignored)."""
-    ckpt = resolve_checkpoint(None if str(resume) == "latest" else Path(resume))
+    ckpt = resolve_checkpoint(None if str(resume) == "latest" else Path(resume), recover=True)
     run_dir = ckpt.parent.parent
     try:
         base = load_run_config(run_dir)
