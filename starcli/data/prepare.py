@@ -25,6 +25,7 @@ import os
 import posixpath
 import random
 import re
+import stat
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -67,6 +68,13 @@ SPLIT_SEED = 1234  # rafd subjects and folder test images are drawn with this se
 JOURNAL = "progress.json"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+# The most bytes read for one image file. An 8-bit RGBA image at the pixel limit is 358 MB
+# uncompressed, so real images fit; the cap bounds each worker's read of anything else.
+MAX_FILE_BYTES = 512 << 20
+# Opening a named pipe (swapped in after the stat) must not wait for a writer, nor a
+# terminal become the controlling one (POSIX flags; Windows has O_BINARY instead).
+_OPEN_FLAGS = (getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_BINARY", 0))
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Test hook: with STARCLI_PREPARE_PAUSE_S set, sleep that long half-way through writing each
 # shard and after committing it (lets tests kill -9 a prepare at a known point).
@@ -406,9 +414,18 @@ def _plan_folder(cfg: PrepareConfig) -> _Plan:
         inner = src / ("train" if "train" in subdirs else subdirs[0])
         raise UsageError(f"{src} holds only {'/'.join(subdirs)} sub-folders; pass {inner} "
                          "instead (a folder with one sub-folder per domain).")
+    # Real folders first: a link is judged against the domains they make.
+    found_in = {d: sorted(p.relative_to(src).as_posix() for p in _walk_images(src / d))
+                for d in subdirs if not (src / d).is_symlink()}
+    links = _overlapping_links(src, [d for d in subdirs if d not in found_in],
+                               {d: src / d for d, found in found_in.items() if found})
     domains, files, skipped = [], {}, []
     for d in subdirs:
-        found = sorted(p.relative_to(src).as_posix() for p in _walk_images(src / d))
+        if d in links:  # never walked: it may lead to PATH itself or far above it
+            skipped.append({"file": f"{_shown(d)}/", "reason": links[d]})
+            continue
+        found = found_in[d] if d in found_in else sorted(
+            p.relative_to(src).as_posix() for p in _walk_images(src / d))
         if found and not _is_text(d):
             skipped.append({"file": f"{_shown(d)}/", "reason": "folder name is not UTF-8 text, "
                             f"so it cannot be a label name; rename it ({len(found)} images "
@@ -435,6 +452,32 @@ def _plan_folder(cfg: PrepareConfig) -> _Plan:
                  label_table=table, skipped=skipped,
                  source={"raw_dir": str(src), "split_mode": "random", "labels_csv": None,
                          "test_fraction": cfg.test_fraction})
+
+
+def _overlapping_links(src: Path, links: Sequence[str], domains: dict[str, Path]
+                       ) -> dict[str, str]:
+    """Reasons, by name, to leave out the sub-folder links of `src` (resolved) that lead to
+    src, a folder above it, or into or above a domain folder (`domains`, then the links kept
+    before, in name order): their images would be listed again under a second label."""
+    kept = dict(domains)
+    reasons: dict[str, str] = {}
+    for name in links:
+        target = Path(os.path.realpath(src / name))
+        shown = f"{_shown(name)} -> {_shown(os.readlink(src / name))}"
+        if src.is_relative_to(target):
+            where = "PATH itself" if target == src else f"{_shown(target)}, a folder above PATH"
+            reasons[name] = (f"a link to {where} ({shown}), not a domain folder: it would hold "
+                             "every image again under its own label; left out")
+            continue
+        other = next((d for d, k in kept.items()
+                      if target.is_relative_to(k) or k.is_relative_to(target)), None)
+        if other is not None:
+            how = "into" if target.is_relative_to(kept[other]) else "to a folder holding"
+            reasons[name] = (f"a link {how} the domain folder {_shown(other)}/ ({shown}): its "
+                             "images would be listed twice under two labels; left out")
+            continue
+        kept[name] = target
+    return reasons
 
 
 def _inside(name: str, roots: Sequence[Path]) -> str | None:
@@ -654,16 +697,64 @@ def _decode(data: bytes, crop: int | None, size: int
         raise _Skip(f"unreadable image ({type(exc).__name__}: {msg[:120]})") from None
 
 
-def _load(path: str, crop: int | None, size: int, times: list[float]) -> np.ndarray:
-    """One image as RGB uint8 (size, size, 3); _Skip with the reason when unusable."""
-    t0 = time.process_time()  # CPU seconds: honest under contention for the cores
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in translate's words (imaging.walk_inputs)."""
+    return ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "a device")
+
+
+def _check_regular(st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise _Skip(f"not a regular file ({_kind(st.st_mode)})")
+    if st.st_size > MAX_FILE_BYTES:
+        raise _Skip(f"too large: {st.st_size / 2**20:.0f} MiB, over the "
+                    f"{MAX_FILE_BYTES >> 20} MiB limit for one image file; downscale it first")
+
+
+def _read(path: str) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; _Skip for anything else.
+
+    Checked before opening (following links), as every plan's rows (CelebA lists, RaFD and
+    folder walks, CSV rows) meet here: opening a named pipe blocks until a writer appears,
+    and a device such as /dev/zero never ends. O_NONBLOCK and the fstat after opening cover
+    a file swapped for one of those in between; the capped read covers a file still growing.
+    """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        _check_regular(os.stat(path))
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except FileNotFoundError:
         raise _Skip("missing file") from None
     except OSError as exc:
         raise _Skip(f"unreadable file ({exc.strerror or exc})") from None
+    try:
+        with open(fd, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())
+            _check_regular(st)
+            return _read_capped(fh, st.st_size)
+    except OSError as exc:
+        raise _Skip(f"unreadable file ({exc.strerror or exc})") from None
+
+
+def _read_capped(fh: io.RawIOBase, expected: int) -> bytes:
+    """All of `fh`, in one read of `expected` bytes when the size is right, else in 1 MiB
+    steps (read(n) allocates n bytes up front) up to MAX_FILE_BYTES, then _Skip."""
+    parts, total, want = [], 0, expected or 1 << 20
+    while True:
+        part = fh.read(min(want, MAX_FILE_BYTES + 1 - total))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        total += len(part)
+        want = 1 << 20
+        if total > MAX_FILE_BYTES:
+            raise _Skip(f"too large: over the {MAX_FILE_BYTES >> 20} MiB limit for one image "
+                        "file (more than its stated size); downscale it first")
+
+
+def _load(path: str, crop: int | None, size: int, times: list[float]) -> np.ndarray:
+    """One image as RGB uint8 (size, size, 3); _Skip with the reason when unusable."""
+    t0 = time.process_time()  # CPU seconds: honest under contention for the cores
+    data = _read(path)
     if not data:
         raise _Skip("empty file")
     arr, bgr, r, (h, w) = _decode(data, crop, size)

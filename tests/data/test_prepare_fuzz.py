@@ -8,7 +8,7 @@ shards, every bad file is in the manifest's skipped list with a reason, the file
 never considers are neither, a rerun reuses the shards, and nothing outside the prepared
 output changes (a checksum listing of the whole tmp tree, before and after).
 
-Cases that hang or mislabel today are separate tests, marked xfail(strict=True).
+Cases that once hung or mislabelled are separate tests, each small.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from starcli.cli import app
+from starcli.data import prepare as prepare_module
 from starcli.data.prepare import PrepareConfig, prepare
 from starcli.imaging import printable_path
 
@@ -288,7 +289,7 @@ def test_prepare_survives_a_hostile_folder(tmp_path, home, monkeypatch):
     assert listing(tmp_path, out) == before
 
 
-# --------------------------------------------------------------------------- known bugs
+# --------------------------------------------------------------------------- fixed bugs
 
 
 def small_dataset(root: Path) -> Path:
@@ -300,10 +301,6 @@ def small_dataset(root: Path) -> Path:
     return src
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prepare.py _load opens every candidate with open(path, 'rb'); opening a named pipe "
-    "blocks until a writer appears, so prepare hangs (translate's walk_inputs skips "
-    "non-regular files: 'not a regular file (a named pipe)')"))
 def test_a_named_pipe_is_skipped_not_waited_on(tmp_path, home):
     src = small_dataset(tmp_path)
     pipe = src / "a" / "pipe.jpg"
@@ -329,16 +326,13 @@ def test_a_named_pipe_is_skipped_not_waited_on(tmp_path, home):
     assert result["summary"]["images"] == 6 and "not a regular file" in skipped["a/pipe.jpg"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prepare.py _load reads the whole file (fh.read()) with no type check or size cap: a "
-    "link to a character device such as /dev/zero named x.jpg grows memory until the "
-    "process dies (MemoryError traceback under a limit)"))
 def test_a_link_to_a_device_is_skipped_not_read_forever(tmp_path, home):
     if not os.path.exists("/dev/zero"):
         pytest.skip("no /dev/zero")
     src = small_dataset(tmp_path)
     os.symlink("/dev/zero", src / "a" / "zero.jpg")
-    # In a child with a 1.5 GiB address-space limit: today it stops there, MemoryError.
+    # In a child with a 1.5 GiB address-space limit: reading /dev/zero ended in a
+    # MemoryError there before it was skipped unopened.
     script = (
         "import json, resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
@@ -354,10 +348,6 @@ def test_a_link_to_a_device_is_skipped_not_read_forever(tmp_path, home):
     assert result["images"] == 6 and "not a regular file" in skipped["a/zero.jpg"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prepare.py _plan_folder takes every sub-folder for which Path.is_dir() is true, links "
-    "included: a link back to PATH (loop -> .) becomes a third domain 'loop' holding every "
-    "image of the real domains again, with the wrong label"))
 def test_a_domain_link_back_to_the_folder_is_not_a_domain(tmp_path, home):
     src = small_dataset(tmp_path)
     os.symlink(".", src / "loop")
@@ -366,3 +356,50 @@ def test_a_domain_link_back_to_the_folder_is_not_a_domain(tmp_path, home):
     assert s["label_table"]["columns"]["domain"] == list(DOMAINS)
     assert s["images"] == 6
     assert any(x["file"].startswith("loop") for x in s["skipped"])
+    reasons = {x["file"]: x["reason"] for x in s["skipped"]}
+    assert reasons["loop/"].startswith("a link to PATH itself (loop -> .)")
+
+
+def test_domain_links_are_kept_only_when_they_add_new_images(tmp_path, home):
+    src = small_dataset(tmp_path)
+    ext = tmp_path / "ext"
+    (ext / "sub").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (20, 20), (0, 50 * i, 0)).save(ext / "sub" / f"{i}.png")
+    os.symlink("a", src / "a-again")  # the same folder as domain a
+    os.symlink(src / "b" / "..", src / "up")  # resolves to PATH through another domain
+    os.symlink("..", src / "parent")  # the folder above PATH (holds home/ too)
+    os.symlink(ext, src / "c")  # outside PATH: a domain, as before
+    os.symlink(ext / "sub", src / "d")  # inside c, kept just before it
+    s = prepare(PrepareConfig(home=home, dataset="links", source=src, size=SIZE,
+                              test_fraction=0.0, workers=0))
+    assert s["label_table"]["columns"]["domain"] == ["a", "b", "c"]
+    assert s["images"] == 8 and s["splits"] == {"train": 8}
+    reasons = {x["file"]: x["reason"] for x in s["skipped"]}
+    assert set(reasons) == {"a-again/", "up/", "parent/", "d/"}
+    assert reasons["a-again/"].startswith("a link into the domain folder a/ (a-again -> a)")
+    assert reasons["up/"].startswith("a link to PATH itself")
+    assert reasons["parent/"].startswith(f"a link to {tmp_path}, a folder above PATH")
+    assert reasons["d/"].startswith("a link into the domain folder c/")
+
+
+def test_a_file_over_the_size_limit_is_skipped_unread(tmp_path, home, monkeypatch):
+    src = small_dataset(tmp_path)
+    big = encoded(np.random.default_rng(3).integers(0, 256, (40, 40, 3), np.uint8), "PNG")
+    (src / "a" / "big.png").write_bytes(big)
+    monkeypatch.setattr(prepare_module, "MAX_FILE_BYTES", len(big) - 1)
+    s = prepare(PrepareConfig(home=home, dataset="big", source=src, size=SIZE,
+                              test_fraction=0.0, workers=0))
+    reasons = {x["file"]: x["reason"] for x in s["skipped"]}
+    assert s["images"] == 6 and reasons["a/big.png"].startswith("too large")
+
+
+def test_a_file_longer_than_its_stated_size_is_read_to_the_limit_only(monkeypatch):
+    # Files under /proc say 0 bytes and a file being appended to says too few: the reader
+    # goes on past the stated size, but never past the limit.
+    monkeypatch.setattr(prepare_module, "MAX_FILE_BYTES", 3 << 20)
+    data = bytes(range(256)) * (10 << 10)  # 2.5 MiB
+    assert prepare_module._read_capped(io.BytesIO(data), 0) == data
+    assert prepare_module._read_capped(io.BytesIO(data), 100) == data
+    with pytest.raises(prepare_module._Skip, match="^too large"):
+        prepare_module._read_capped(io.BytesIO(data * 2), len(data))
