@@ -270,7 +270,9 @@ def _complete(ckpt_dir: Path) -> bool:
         meta = json.loads((ckpt_dir / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    modules = meta.get("modules") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return False
+    modules = meta.get("modules", ["G"])  # written before module names: G at least
     return isinstance(modules, list) and all(
         isinstance(m, str) and (ckpt_dir / f"{m}.safetensors").is_file() for m in modules)
 

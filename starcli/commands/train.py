@@ -137,7 +137,8 @@ def train(
         "--run-dir", help="Output folder [default: runs/<dataset>-<timestamp>].",
         show_default=False)] = None,
     resume: Annotated[str | None, typer.Option(
-        "--resume", help="Continue a run: its folder, a checkpoint folder, or `latest`.",
+        "--resume", help="Continue a run: its folder, a checkpoint folder, or `latest` (an "
+                         "older checkpoint of a run continues in a new run folder).",
         show_default=False)] = None,
     sample_every: Annotated[int | None, typer.Option(
         "--sample-every", min=0, help="Iterations between sample grids (0: only at the end).",
@@ -261,6 +262,9 @@ def train(
                       f"{result['seconds']:.0f}s ({result['images_per_s']:.1f} images/s, "
                       f"{result['device']}, {result['precision']})")
         console.print(f"  run:        {result['run_dir']}", soft_wrap=True)
+        if result.get("branched_from"):
+            console.print(f"  branched from: {result['branched_from']} (that run is unchanged)",
+                          soft_wrap=True)
         console.print(f"  checkpoint: {result['checkpoint']}", soft_wrap=True)
         if result.get("samples"):
             console.print(f"  samples:    {result['samples']}", soft_wrap=True)

@@ -9,7 +9,7 @@ import gc
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +96,25 @@ def agree(flag: bool, rt: Runtime) -> bool:
     return bool(t.item() > 0)
 
 
-def shared_run_dir(cfg: TrainConfig, rt: Runtime) -> Path:
-    """Rank 0 creates the run dir and tells the others (or all raise its error)."""
+def shared_run_dir(cfg: TrainConfig, rt: Runtime,
+                   make: Callable[[], Path] | None = None) -> Path:
+    """Rank 0 creates the run dir (`make()`, default `new_run_dir(cfg)`) and tells the
+    others (or all raise its error)."""
+    make = make or (lambda: new_run_dir(cfg))
     if not rt.distributed:
-        return new_run_dir(cfg)
+        return make()
     box: list[Any] = [None, None]
     if rt.is_main:
         try:
-            box[0] = str(new_run_dir(cfg))
+            box[0] = str(make())
         except ConfigError as exc:
-            box[1] = str(exc)
+            box[1] = ("config", str(exc))
+        except (StarcliError, OSError) as exc:  # the other ranks must not wait for it
+            box[1] = ("runtime", str(exc))
     torch.distributed.broadcast_object_list(box, src=0)
     if box[1] is not None:
-        raise ConfigError(box[1])
+        kind, message = box[1]
+        raise (ConfigError if kind == "config" else StarcliError)(message)
     return Path(box[0])
 
 

@@ -42,6 +42,7 @@ from torch import nn
 
 from starcli.checkpoint import (
     check_weights,
+    list_checkpoints,
     load_training_state,
     load_weights,
     read_meta,
@@ -51,7 +52,7 @@ from starcli.config import RESUME_OVERRIDABLE_OPTIONS, TrainConfig
 from starcli.data.dataset import TrainStream
 from starcli.engine.distributed import agree, gather_rng, process_group, shared_run_dir
 from starcli.engine.plan import RunPlan, check_resumable, describe_run
-from starcli.engine.rundir import RunIO, environment
+from starcli.engine.rundir import RunIO, environment, start_branch
 from starcli.engine.state import (
     Meter,
     NonFinite,
@@ -168,9 +169,13 @@ def train(cfg: TrainConfig, *, progress: Progress | None = None,
             main thread.
 
     Returns a summary dict: run_dir, checkpoint (the last one saved), step, iters,
-    interrupted, resumed_from, seconds, images_per_s, data_wait_fraction, device, precision,
-    channels_last, compiled, metrics (the last record), samples (the last grid), and
-    resume_command.
+    interrupted, resumed_from, branched_from, seconds, images_per_s, data_wait_fraction,
+    device, precision, channels_last, compiled, metrics (the last record), samples (the last
+    grid), and resume_command.
+
+    Resuming the newest checkpoint of a run continues that run in place. Resuming an older
+    one branches: a new run folder `<run>-from-<step>` next to it (runs/latest follows)
+    records its parent in environment.json, and the old run is left as it was.
 
     Raises ConfigError / UnknownDatasetError before any work for a config that cannot run,
     DatasetNotFoundError when a dataset is not prepared, TrainingError on a non-finite loss
@@ -206,8 +211,12 @@ def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
         check_resumable(meta_in, resume_dir, plan, warn)
         _check_resume_weights(resume_dir, meta_in, plan)
         run_dir = resume_dir.parent.parent.resolve()
+        if _is_older(resume_dir, run_dir):
+            # New checkpoints here would mix with the abandoned newer ones (and pruning by
+            # step would delete the new line): continue in a branch folder instead.
+            run_dir = None
     else:
-        run_dir = None  # created once the data stream is open
+        run_dir = None  # created once the data stream is open (a branch: likewise)
     stream = TrainStream(plan.datasets, plan.layout, batch_size=rt.batch, augment=cfg.augment,
                          workers=cfg.workers, seed=cfg.seed, mix=cfg.mix,
                          rank=rt.rank, world_size=rt.world_size)
@@ -215,6 +224,12 @@ def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
         return _run(cfg, plan, stream, run_dir, resume_dir, progress, on_log, stop_event, warn)
     finally:
         stream.close()
+
+
+def _is_older(ckpt: Path, run_dir: Path) -> bool:
+    """Whether the run holds a checkpoint newer than `ckpt` (resuming it then branches)."""
+    found = list_checkpoints(run_dir)
+    return bool(found) and found[-1].resolve() != ckpt.resolve()
 
 
 def _check_resume_weights(resume_dir: Path, meta: dict[str, Any], plan: RunPlan) -> None:
@@ -375,7 +390,12 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
         if start >= cfg.iters:
             warn(f"the checkpoint is at step {start}, which reaches --iters {cfg.iters}; "
                  "nothing to train (pass a larger --iters to continue).")
-    if run_dir is None:
+    branched = run_dir is None and resume_dir is not None
+    if branched:
+        run_dir = shared_run_dir(cfg, rt, make=lambda: start_branch(resume_dir, start))
+        log(progress, f"{resume_dir} is older than its run's newest checkpoint: continuing in "
+                      f"a new run, {run_dir} (the old run is left as it is)")
+    elif run_dir is None:
         run_dir = shared_run_dir(cfg, rt)
     attach_step(plan, parts, resume_dir, warn)
     modules, optimizers, gen, averages = parts.modules, parts.optimizers, parts.gen, parts.averages
@@ -426,6 +446,8 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
     sync_every = 1 if device.type == "cpu" else 10  # a host sync costs nothing on a CPU
     stop = stop_event or threading.Event()
     last_ckpt = resume_dir if resume_dir is not None else None
+    if branched:  # the branch holds a copy of its starting checkpoint
+        last_ckpt = run_dir / "checkpoints" / resume_dir.name
     last_saved_step = start if resume_dir is not None else -1
     last_sample: Path | None = None
     last_record: dict[str, Any] = {}
@@ -508,6 +530,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
         "family": family.name,
         "step": step, "iters": cfg.iters, "interrupted": interrupted,
         "resumed_from": start if resume_dir is not None else None,
+        "branched_from": str(resume_dir) if branched else None,
         "seconds": seconds,
         "images_per_s": trained * cfg.batch_size / seconds if seconds else 0.0,
         "data_wait_fraction": total_wait / seconds if seconds else 0.0,

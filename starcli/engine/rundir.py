@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from starcli.errors import ConfigError
 from starcli.runtime import Runtime
 from starcli.utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["RunIO", "new_run_dir", "point_latest", "environment", "runs_root"]
+__all__ = ["RunIO", "new_run_dir", "point_latest", "environment", "runs_root", "start_branch"]
 
 
 class RunIO:
@@ -169,6 +170,63 @@ def new_run_dir(cfg: TrainConfig) -> Path:
         except FileExistsError:
             k += 1
             run_dir = base.with_name(f"{base.name}-{k}")
+
+
+def start_branch(ckpt: Path, step: int) -> Path:
+    """A new run folder continuing `ckpt`, an older checkpoint of its run: `<run>-from-<step>`
+    (then `-2`, `-3`, …) next to the run, holding a copy of the checkpoint (hard links: saved
+    files are never changed in place), the run's metrics up to `step` and its environment
+    with `parent` (run dir, checkpoint, step) added. The old run is only read."""
+    ckpt = Path(ckpt).resolve()
+    parent = ckpt.parent.parent
+    run_dir = _unique_dir(parent.parent / f"{parent.name}-from-{step}")
+    _link_checkpoint(ckpt, run_dir / "checkpoints")
+    metrics = parent / "metrics.jsonl"
+    if metrics.is_file():
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(
+            line + "\n" for line in metrics.read_text(encoding="utf-8").splitlines()
+            if _step_of(line) is not None and _step_of(line) <= step))
+    try:
+        env = json.loads((parent / "environment.json").read_text())
+    except (OSError, ValueError):
+        env = {}
+    env = env if isinstance(env, dict) else {}
+    # Resumes at or after the branch point belong to the abandoned line.
+    env["resumes"] = [r for r in env.get("resumes", []) if isinstance(r, dict)
+                      and isinstance(r.get("step"), int) and r["step"] < step]
+    env["parent"] = {"run_dir": str(parent), "checkpoint": str(ckpt), "step": int(step)}
+    atomic_write_text(run_dir / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
+    return run_dir
+
+
+def _unique_dir(base: Path) -> Path:
+    run_dir, k = base, 1
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            k += 1
+            run_dir = base.with_name(f"{base.name}-{k}")
+
+
+def _link_checkpoint(ckpt: Path, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{ckpt.name}-{os.getpid()}"
+    tmp.mkdir()
+    for f in ckpt.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:  # no hard links here (another file system, FAT): copy
+            shutil.copy2(f, tmp / f.name)
+    os.replace(tmp, root / ckpt.name)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def environment(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
