@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from starcli.errors import UsageError
+from starcli.errors import StarcliError, UsageError
 from starcli.paths import resolve_home
 from starcli.progress import Progress, log
 from starcli.utils import atomic_write_bytes, atomic_write_json
@@ -282,6 +282,11 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
              f"{_home_flag(cfg)}")
     trained = train(train_cfg, progress=progress)
     timer.add("train", t)
+    if trained.get("interrupted"):
+        # Ctrl-C or SIGTERM: training saved a checkpoint and returned; measuring a
+        # half-trained model would report numbers the demo does not stand for.
+        raise StarcliError(f"the demo stopped during training (step {trained['step']:,} of "
+                           f"{trained['iters']:,}); run `starcli demo` again to start over.")
     run_dir = Path(trained["run_dir"])
 
     # 3. Translate held-out faces.

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from starcli.cli import app
 from starcli.demo import MARKER, DemoConfig, quick_config, run_demo
-from starcli.errors import UsageError
+from starcli.errors import StarcliError, UsageError
 
 
 def _finite(value) -> bool:
@@ -99,3 +99,21 @@ def test_demo_command_reports_usage_errors(home: Path, tmp_path: Path) -> None:
                                       "--home", str(home)])
     assert result.exit_code == 2
     assert "did not write" in result.output
+
+
+def test_an_interrupted_training_stops_the_demo(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C/SIGTERM make train save and return; the demo must not go on to measure it."""
+    import starcli.engine
+    import starcli.translate
+
+    def interrupted(cfg, **kw):
+        return {"interrupted": True, "step": 3, "iters": cfg.iters, "run_dir": str(tmp_path)}
+
+    def never(*a, **k):
+        raise AssertionError("translated a half-trained model")
+
+    monkeypatch.setattr(starcli.engine, "train", interrupted)
+    monkeypatch.setattr(starcli.translate, "translate", never)
+    cfg = DemoConfig.quick(home=tmp_path / "home", out=tmp_path / "out", workers=0)
+    with pytest.raises(StarcliError, match=r"stopped during training \(step 3 of"):
+        run_demo(cfg)
