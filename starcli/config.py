@@ -29,6 +29,7 @@ from typing import Any
 
 from starcli.errors import ConfigError
 from starcli.families import DEFAULT_FAMILY, LEGACY_FAMILY, family_info
+from starcli.validate import check_int
 
 __all__ = ["TrainConfig", "PRECISIONS", "ADAM_IMPLS", "DEFAULT_JOINT_DATASETS",
            "load_run_config", "RESUME_OVERRIDABLE", "RESUME_OVERRIDABLE_OPTIONS", "presets_of"]
@@ -149,9 +150,9 @@ class TrainConfig:
                 raise ConfigError("--mix weights must be non-negative with a positive sum.")
         for name in ("iters", "batch_size", "lr_update_step", "keep_last", "log_every",
                      "dist_timeout"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("lr_decay_iters", "workers", "sample_every", "save_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(name, getattr(self, name), minimum=0)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision!r} is not known; choose one of "
                               f"{', '.join(PRECISIONS)}.")
@@ -164,7 +165,7 @@ class TrainConfig:
         if self.precision == "fp16" and self.device in ("cpu", "mps"):
             raise ConfigError("--precision fp16 needs a CUDA device (it uses a gradient scaler); "
                               "use --precision bf16 on a CPU.")
-        _check_int("image_size", self.image_size, minimum=4)
+        check_int("image_size", self.image_size, minimum=4)
         self.options.check_image_size(self.image_size)
 
     # -- construction ---------------------------------------------------------------------
@@ -274,14 +275,3 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raise ConfigError(f"{path} is not readable JSON ({exc}); pass another run to --resume."
                           ) from None
     return TrainConfig.from_dict(data)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ConfigError(f"{_flag(name)} must be at least {minimum}, got {value}.")

@@ -17,21 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from starcli.errors import ConfigError
+from starcli.validate import check_int, flag
 
 __all__ = ["StarGANv1Options", "PRESETS", "ADV_LOSSES", "check_image_size"]
 
 ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ConfigError(f"{_flag(name)} must be at least {minimum}, got {value}.")
 
 
 def check_image_size(image_size: int, g_down_num: int, d_repeat_num: int) -> None:
@@ -81,19 +74,19 @@ class StarGANv1Options:
 
     def __post_init__(self) -> None:
         for name in ("n_critic", "g_conv_dim", "d_conv_dim", "d_repeat_num", "g_down_num"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("g_repeat_num", self.g_repeat_num, minimum=0)
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("g_repeat_num", self.g_repeat_num, minimum=0)
         if self.adv_loss not in ADV_LOSSES:
             raise ConfigError(f"--adv-loss {self.adv_loss!r} is not known; choose one of "
                               f"{', '.join(ADV_LOSSES)}.")
         for name in ("lambda_cls", "lambda_rec", "lambda_gp"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
-                raise ConfigError(f"{_flag(name)} must be a number >= 0, got {value!r}.")
+                raise ConfigError(f"{flag(name)} must be a number >= 0, got {value!r}.")
         for name in ("g_lr", "d_lr"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"{_flag(name)} must be a number > 0, got {value!r}.")
+                raise ConfigError(f"{flag(name)} must be a number > 0, got {value!r}.")
         if isinstance(self.g_ema, bool) or not isinstance(self.g_ema, (int, float)) or \
                 not 0 <= self.g_ema < 1:
             raise ConfigError(f"--g-ema must be a number in [0, 1) (0 turns it off), got "

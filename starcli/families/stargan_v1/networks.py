@@ -19,6 +19,7 @@ from torch import nn
 
 from starcli.errors import ConfigError
 from starcli.families.stargan_v1.config import check_image_size
+from starcli.validate import flag
 
 __all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualBlock", "count_parameters"]
 
@@ -50,7 +51,7 @@ class ModelConfig:
             if f.name == "cls_dim" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{_flag(f.name)} must be an integer, got {value!r}.")
+                raise ConfigError(f"{flag(f.name)} must be an integer, got {value!r}.")
         if self.cls_dim is None:
             # frozen dataclass: resolve the default once so to_dict() is always explicit
             object.__setattr__(self, "cls_dim", self.c_dim)
@@ -58,7 +59,7 @@ class ModelConfig:
         for name in ("c_dim", "cls_dim", "g_conv_dim", "d_conv_dim", "d_repeat_num",
                      "g_down_num"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
+                raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}.")
         if self.g_repeat_num < 0:
             raise ConfigError(f"--g-repeat-num must be 0 or more, got {self.g_repeat_num}.")
         if self.cls_dim > self.c_dim:
@@ -88,9 +89,6 @@ class ModelConfig:
             )
         return cls(**data)
 
-
-def _flag(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
 
 
 def count_parameters(module: nn.Module) -> int:
