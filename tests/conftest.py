@@ -18,3 +18,28 @@ def home(tmp_path, monkeypatch):
     monkeypatch.delenv("STARCLI_MIRROR", raising=False)
     monkeypatch.delenv("STARCLI_DEBUG", raising=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def make_dataset():
+    """tests/test_training.py's synthetic prepared-dataset writer (loaded by path: the suite
+    runs with --import-mode=importlib, so test modules cannot import each other)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "test_training.py"
+    spec = importlib.util.spec_from_file_location("_starcli_training_tests_shared", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_dataset
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (restored after): training tests compare numbers."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

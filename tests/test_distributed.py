@@ -5,7 +5,6 @@ Each torchrun job starts two ranks of the `tiny` preset at 32 px for a few steps
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -29,14 +28,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
                                 reason="torch.distributed with gloo is not available")
 
 runner = CliRunner()
-
-
-def _make_dataset():
-    path = Path(__file__).resolve().parent / "test_training.py"
-    spec = importlib.util.spec_from_file_location("_starcli_training_tests_dist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_dataset
 
 
 # A torchrun worker: patches the engine (to watch it, or to make rank 1 fail), then trains.
@@ -149,11 +140,11 @@ def _cfg(home: Path, run_dir: Path, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def ddp_run(tmp_path_factory, make_dataset):
     """One 2-rank run of 4 steps (checkpoints at steps 2 and 4), shared by the tests below."""
     root = tmp_path_factory.mktemp("ddp")
     home = root / "home"
-    _make_dataset()(home)
+    make_dataset(home)
     (root / "worker.py").write_text(WORKER)
     run_dir = root / "run"
     t0 = time.perf_counter()
@@ -212,9 +203,9 @@ def test_ddp_checkpoint_loads_in_one_process_and_resumes_exactly(ddp_run, monkey
         assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {name} differs"
 
 
-def test_a_failing_rank_ends_the_job_with_an_error(tmp_path):
+def test_a_failing_rank_ends_the_job_with_an_error(tmp_path, make_dataset):
     home = tmp_path / "home"
-    _make_dataset()(home)
+    make_dataset(home)
     (tmp_path / "worker.py").write_text(WORKER)
     cfg = _cfg(home, tmp_path / "run", iters=50, save_every=0, sample_every=0)
     t0 = time.perf_counter()
@@ -226,8 +217,8 @@ def test_a_failing_rank_ends_the_job_with_an_error(tmp_path):
     assert elapsed < 45, f"the job took {elapsed:.0f}s to fail (dist_timeout is 60s)"
 
 
-def test_batch_not_divisible_exits_2_before_launching(home, monkeypatch, tmp_path):
-    _make_dataset()(home)
+def test_batch_not_divisible_exits_2_before_launching(home, monkeypatch, tmp_path, make_dataset):
+    make_dataset(home)
     monkeypatch.chdir(tmp_path)
     import starcli.engine.distributed as training
 
@@ -241,8 +232,8 @@ def test_batch_not_divisible_exits_2_before_launching(home, monkeypatch, tmp_pat
     assert "--batch-size 7" in result.output and "multiple of 2" in result.output
 
 
-def test_batch_not_divisible_under_torchrun_env(home, monkeypatch):
-    _make_dataset()(home)
+def test_batch_not_divisible_under_torchrun_env(home, monkeypatch, make_dataset):
+    make_dataset(home)
     from starcli.engine import describe_run
 
     monkeypatch.setenv("RANK", "0")
@@ -255,8 +246,8 @@ def test_batch_not_divisible_under_torchrun_env(home, monkeypatch):
     assert plan.runtime.batch == 3 and plan.runtime.world_size == 3
 
 
-def test_gpus_forwards_the_users_options_to_torchrun(home, monkeypatch, tmp_path):
-    _make_dataset()(home)
+def test_gpus_forwards_the_users_options_to_torchrun(home, monkeypatch, tmp_path, make_dataset):
+    make_dataset(home)
     monkeypatch.chdir(tmp_path)
     import starcli.engine.distributed as training
 
@@ -287,8 +278,8 @@ def test_gpus_forwards_the_users_options_to_torchrun(home, monkeypatch, tmp_path
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_gpus_without_cuda_exits_2_with_a_hint(home, monkeypatch, tmp_path):
-    _make_dataset()(home)
+def test_gpus_without_cuda_exits_2_with_a_hint(home, monkeypatch, tmp_path, make_dataset):
+    make_dataset(home)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "-d", "demo-celeba", "--preset", "tiny", "--gpus",
                                  "2"])
@@ -302,8 +293,8 @@ def test_gpus_without_cuda_exits_2_with_a_hint(home, monkeypatch, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-def test_nccl_two_gpus_smoke(home, monkeypatch, tmp_path):
-    _make_dataset()(home)
+def test_nccl_two_gpus_smoke(home, monkeypatch, tmp_path, make_dataset):
+    make_dataset(home)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "-d", "demo-celeba", "--preset", "tiny", "--gpus",
                                  "2", "--device", "cuda", "--iters", "4",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,15 +16,9 @@ from typer.testing import CliRunner
 from starcli.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
 from starcli.cli import app
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_v1"
-
-
-def _make_dataset():
-    path = Path(__file__).resolve().parent / "test_training.py"
-    spec = importlib.util.spec_from_file_location("_starcli_training_tests_legacy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_dataset
 
 
 @pytest.fixture
@@ -33,14 +26,6 @@ def legacy_run(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)
     return run
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_legacy_meta_has_no_family_and_loads_as_stargan_v1(legacy_run):
@@ -57,10 +42,10 @@ def test_legacy_meta_has_no_family_and_loads_as_stargan_v1(legacy_run):
     torch.testing.assert_close(cls, want["D_cls"], rtol=0, atol=1e-6)
 
 
-def test_legacy_checkpoint_resumes_exactly_like_the_old_code(legacy_run, home):
+def test_legacy_checkpoint_resumes_exactly_like_the_old_code(legacy_run, home, make_dataset):
     from starcli.engine import resume_config, train
 
-    _make_dataset()(home, "demo-celeba", "celeba", seed=0)
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
     cfg = resume_config(legacy_run, home=str(home))
     assert cfg.family == "stargan-v1" and cfg.g_conv_dim == 4 and cfg.iters == 6
     result = train(cfg)

@@ -4,7 +4,6 @@ old run and its abandoned "future" stay untouched, and the two lines never mix."
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,21 +13,7 @@ import torch
 from starcli.checkpoint import list_checkpoints, resolve_checkpoint
 from starcli.config import TrainConfig
 
-
-def _make_dataset():
-    path = Path(__file__).resolve().parent / "test_training.py"
-    spec = importlib.util.spec_from_file_location("_starcli_training_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -43,10 +28,10 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(str(ckpt / f"{m}.safetensors")).items()}
 
 
-def test_resume_from_an_older_checkpoint_branches(home, tmp_path, monkeypatch):
+def test_resume_from_an_older_checkpoint_branches(home, tmp_path, monkeypatch, make_dataset):
     from starcli.engine import resume_config, train
 
-    _make_dataset()(home)
+    make_dataset(home)
     monkeypatch.chdir(tmp_path)
     run = (tmp_path / "runs" / "x").resolve()
     train(TrainConfig.from_preset("tiny", datasets=("demo-celeba",), home=str(home),

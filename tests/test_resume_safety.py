@@ -9,11 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from starcli.checkpoint import list_checkpoints, load_training_state
 from starcli.config import TrainConfig
 from starcli.errors import CheckpointError, TrainingError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _training_helpers():
@@ -22,14 +23,6 @@ def _training_helpers():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from starcli.cli import app
 
 runner = CliRunner()
-
-
-def _make_dataset():
-    """The synthetic prepared-dataset writer of tests/test_training.py."""
-    path = Path(__file__).resolve().parents[1] / "test_training.py"
-    spec = importlib.util.spec_from_file_location("_starcli_training_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def prepared(home, tmp_path, monkeypatch):
-    make_dataset = _make_dataset()
+def prepared(home, tmp_path, monkeypatch, make_dataset):
+
     make_dataset(home, "demo-celeba", "celeba", seed=1)
     make_dataset(home, "demo-rafd", "rafd", seed=2)
     monkeypatch.chdir(tmp_path)  # runs/ goes here

@@ -3,7 +3,6 @@ save, load, translate; and the engine never needs to know which family it runs."
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,9 @@ from starcli.checkpoint import load_checkpoint, read_meta
 from starcli.config import TrainConfig
 from starcli.families import FAMILY_NAMES, family_info, get_family
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _make_dataset():
-    spec = importlib.util.spec_from_file_location("_starcli_training_tests_contract",
-                                                  ROOT / "test_training.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -41,10 +26,10 @@ def test_registry_entry_is_torch_free_and_has_the_tiny_preset(name):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_build_step_save_load_translate(name, home, tmp_path):
+def test_build_step_save_load_translate(name, home, tmp_path, make_dataset):
     from starcli.engine import attach_step, build_parts, describe_run, train
 
-    _make_dataset()(home, "demo-celeba", "celeba", seed=0)
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
     cfg = TrainConfig.from_preset("tiny", family=name, datasets=("demo-celeba",),
                                   home=str(home), device="cpu", precision="fp32",
                                   run_dir=str(tmp_path / "run"), iters=2, save_every=2,
