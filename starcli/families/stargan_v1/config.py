@@ -13,7 +13,7 @@ Presets fill generic run settings (schedule, sizes, bookkeeping) and these optio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starcli.errors import ConfigError
@@ -22,6 +22,8 @@ from starcli.validate import check_int, flag
 __all__ = ["StarGANv1Options", "PRESETS", "ADV_LOSSES", "check_image_size"]
 
 ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
+# What `--d-augment` may apply to every image D sees (reals and fakes alike, in both steps).
+D_AUGMENTS = ("shift", "cutout", "colour")
 
 
 
@@ -72,6 +74,22 @@ class StarGANv1Options:
     # samples, translate and eval; 0 = off (the paper), e.g. 0.999 = a ~1,000-step horizon.
     g_ema: float = 0.0
 
+    # Keeping what is not the target (all off in the paper preset).
+    g_blend: bool = field(default=False, metadata={
+        "help": "G predicts a colour image and an attention mask and returns "
+                "mask·colour + (1 − mask)·input (GANimation), so the background is kept."})
+    lambda_id: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "Weight of the identity loss |x − G(x, own labels)|₁."})
+    lambda_mask: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "--g-blend: weight of the mask's mean (keeps it closed where "
+                            "nothing has to change)."})
+    lambda_mask_tv: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    d_augment: str = field(default="", metadata={
+        "help": "Comma-separated augmentations of every image D sees, reals and fakes alike "
+                "(DiffAugment): shift (up to 1/8 of the side), cutout (a quarter-side square), "
+                "colour. Keeps D's classifier from being fooled by small perturbations."})
+
     def __post_init__(self) -> None:
         for name in ("n_critic", "g_conv_dim", "d_conv_dim", "d_repeat_num", "g_down_num"):
             check_int(name, getattr(self, name), minimum=1)
@@ -79,7 +97,15 @@ class StarGANv1Options:
         if self.adv_loss not in ADV_LOSSES:
             raise ConfigError(f"--adv-loss {self.adv_loss!r} is not known; choose one of "
                               f"{', '.join(ADV_LOSSES)}.")
-        for name in ("lambda_cls", "lambda_rec", "lambda_gp"):
+        if not isinstance(self.g_blend, bool):
+            raise ConfigError(f"--g-blend must be true or false, got {self.g_blend!r}.")
+        augments = self.augments
+        unknown = [a for a in augments if a not in D_AUGMENTS]
+        if unknown:
+            raise ConfigError(f"--d-augment {self.d_augment!r}: {', '.join(unknown)} is not "
+                              f"known; choose from {', '.join(D_AUGMENTS)}.")
+        for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_id", "lambda_mask",
+                     "lambda_mask_tv"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"{flag(name)} must be a number >= 0, got {value!r}.")
@@ -95,6 +121,15 @@ class StarGANv1Options:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}.")
+
+    @property
+    def augments(self) -> tuple[str, ...]:
+        """The `d_augment` words, in the order given."""
+        if not isinstance(self.d_augment, str):
+            raise ConfigError(f"--d-augment must be a comma-separated string, got "
+                              f"{self.d_augment!r}.")
+        return tuple(dict.fromkeys(w.strip().lower() for w in self.d_augment.split(",")
+                                   if w.strip()))
 
     def check_image_size(self, image_size: int) -> None:
         check_image_size(image_size, self.g_down_num, self.d_repeat_num)

@@ -44,11 +44,16 @@ class ModelConfig:
     g_repeat_num: int = 6  # residual blocks in G
     g_down_num: int = 2  # stride-2 convs in G before the residual blocks (paper: 2)
     d_repeat_num: int = 6  # stride-2 convs in D (the final map is image_size / 2**d_repeat_num)
+    # G predicts a colour image C and an attention mask A and returns A·C + (1 − A)·x
+    # (GANimation), so what the mask leaves closed is the input itself. Off in the paper.
+    g_blend: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.g_blend, bool):
+            raise ConfigError(f"--g-blend must be true or false, got {self.g_blend!r}.")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "cls_dim" and value is None:
+            if f.name == "g_blend" or (f.name == "cls_dim" and value is None):
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{flag(f.name)} must be an integer, got {value!r}.")
@@ -74,7 +79,7 @@ class ModelConfig:
         """Side of D's final feature map, which is also the classifier head's kernel size."""
         return self.image_size // 2**self.d_repeat_num
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         """A JSON-ready dict with every field explicit."""
         return asdict(self)
 
@@ -132,8 +137,12 @@ class ResidualBlock(nn.Module):
 class Generator(nn.Module):
     """G(x, c): x (N, 3, H, W) in [-1, 1], c (N, c_dim) target labels -> (N, 3, H, W) in [-1, 1].
 
-    H and W must be multiples of 4. Zero padding throughout: with reflection padding the tiled
-    (constant) label planes would be erased by the first instance norm.
+    H and W must be multiples of 2**g_down_num. Zero padding throughout: with reflection padding
+    the tiled (constant) label planes would be erased by the first instance norm.
+
+    With `g_blend` a second head predicts an attention mask A = sigmoid(conv) and the output
+    is A·tanh(conv) + (1 − A)·x; `G(x, c, with_mask=True)` returns (output, A), A of shape
+    (N, 1, H, W), for the mask penalties.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -153,8 +162,14 @@ class Generator(nn.Module):
             for m in reversed(mults)
         )
         self.to_rgb = nn.Conv2d(w, 3, 7, 1, 3, bias=False)
+        # A bias, started open a little (sigmoid(-2) = 0.12), lets the mask learn where to open
+        # instead of starting half open everywhere.
+        self.to_mask = nn.Conv2d(w, 1, 7, 1, 3, bias=True) if cfg.g_blend else None
+        if self.to_mask is not None:
+            nn.init.constant_(self.to_mask.bias, -2.0)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, with_mask: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         n, _, h, w = x.shape
         if c.shape != (n, self.cfg.c_dim):
             raise ValueError(
@@ -170,7 +185,12 @@ class Generator(nn.Module):
         h_ = self.blocks(h_)
         for layer in self.up:
             h_ = layer(h_)
-        return torch.tanh(self.to_rgb(h_))
+        colour = torch.tanh(self.to_rgb(h_))
+        if self.to_mask is None:
+            return (colour, None) if with_mask else colour
+        mask = torch.sigmoid(self.to_mask(h_))
+        out = x + mask * (colour - x.to(colour.dtype))
+        return (out, mask) if with_mask else out
 
 
 class Discriminator(nn.Module):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from starcli.families.base import StepContext
+from starcli.models.augment import augment, total_variation
 from starcli.models.losses import (
     classification_loss,
     d_adversarial_loss,
@@ -31,7 +32,8 @@ from starcli.models.losses import (
 
 __all__ = ["StarGANv1Step", "LOSS_KEYS", "PER_DATASET_KEYS", "LOG_KEYS"]
 
-LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "G/loss", "G/adv", "G/cls", "G/rec")
+LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "G/loss", "G/adv", "G/cls", "G/rec", "G/id",
+             "G/mask")
 PER_DATASET_KEYS = ("D/cls", "D/acc_real", "G/cls", "G/rec", "G/acc_fake")
 LOG_KEYS = ("D/loss", "D/cls", "G/loss", "G/cls", "G/rec")
 
@@ -68,6 +70,12 @@ class StarGANv1Step:
         self.D_eager = ctx.modules["D"]  # for the gradient penalty (double backward)
         self.D_g = ctx.nosync["D"]  # D as the G step calls it (frozen; unwrapped under DDP)
         self.ema = ctx.ema.get("G")
+        opt = ctx.cfg.options
+        policy = opt.augments
+        # D sees every image (real and fake, in both steps) through the same kind of random
+        # transforms; an empty policy is the paper's D.
+        self.aug = (lambda t: augment(t, policy, ctx.gen)) if policy else (lambda t: t)
+        self.blend = opt.g_blend
         # D steps taken per label space: G steps every n_critic-th batch *of each dataset*,
         # so strict alternation with an even n_critic cannot starve one dataset of G updates.
         self.d_steps = [0] * len(ctx.layout.spaces)
@@ -102,13 +110,14 @@ class StarGANv1Step:
             if g_step:
                 # G is not changed by the D update, so this fake (with its graph) is exactly
                 # the one the G step needs: one G forward fewer than the official code.
-                fake_g = self.G(x, c_trg)
+                fake_g, mask = self.G(x, c_trg, with_mask=True) if self.blend else \
+                    (self.G(x, c_trg), None)
                 fake = fake_g.detach()
             else:
                 with torch.no_grad():  # the official code builds (and discards) a graph here
                     fake = self.G(x, c_trg)
             # One D pass over real and fake: D has no batch statistics, so this equals two.
-            src, cls = self.D(torch.cat([x, fake.to(x.dtype)]))
+            src, cls = self.D(self.aug(torch.cat([x, fake.to(x.dtype)])))
             src_real, src_fake = src[:n], src[n:]
             cls_real = cls[:n, cls_slice]
             d_adv = d_adversarial_loss(src_real, src_fake, opt.adv_loss)
@@ -131,12 +140,21 @@ class StarGANv1Step:
         # ---- G every n_critic batches (of this dataset): fool D, hit targets, reconstruct.
         if g_step:
             with frozen(self.D_eager), rt.autocast():
-                src_fake, cls_fake = self.D_g(fake_g)
+                src_fake, cls_fake = self.D_g(self.aug(fake_g))
                 cls_fake = cls_fake[:, cls_slice]
                 g_adv = g_adversarial_loss(src_fake, opt.adv_loss)
                 g_cls = classification_loss(cls_fake, label_trg, kind)
                 g_rec = reconstruction_loss(x, self.G(fake_g, c_org))
                 g_loss = g_adv + opt.lambda_cls * g_cls + opt.lambda_rec * g_rec
+                if opt.lambda_id > 0:  # its own labels must leave an image as it is
+                    g_id = reconstruction_loss(x, self.G(x, c_org))
+                    g_loss = g_loss + opt.lambda_id * g_id
+                    out["G/id"] = g_id.detach()
+                if mask is not None and (opt.lambda_mask > 0 or opt.lambda_mask_tv > 0):
+                    g_mask = mask.float().mean()
+                    g_loss = g_loss + opt.lambda_mask * g_mask + \
+                        opt.lambda_mask_tv * total_variation(mask)
+                    out["G/mask"] = g_mask.detach()
             ctx.optimizers.step("g", g_loss)
             if self.ema is not None:
                 self.ema.update()
