@@ -152,6 +152,15 @@ def parse_family_flags(words: list[str], family: str) -> dict[str, object]:
 _METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
 
 
+def _paper_preset(family: str) -> str:
+    """The family's paper preset: `paper`, else the one named `<...>-paper`, else the first."""
+    from starcli.config import presets_of
+
+    names = list(presets_of(family))
+    return "paper" if "paper" in names else next(
+        (n for n in names if n.endswith("paper")), names[0])
+
+
 def _family_help() -> str:
     """The help section listing each family's options (read from the config modules)."""
     from starcli.families import FAMILY_NAMES
@@ -183,11 +192,12 @@ def train(
         "--mix", help="Joint sampling weights per dataset, e.g. 1,1 (default: alternate "
                       "batches 1:1 as the paper).", show_default=False)] = None,
     family: Annotated[str | None, typer.Option(
-        "--family", help="Model family: stargan-v1 (the only one so far). "
+        "--family", help="Model family: stargan-v1 or cyclegan (one pair of --domains). "
                          "[default: stargan-v1]", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="stargan-v1: paper (official hyper-parameters), demo (fast CPU "
-                         "recipe) or tiny (tests). [default: paper]", show_default=False)] = None,
+                         "recipe) or tiny (tests); cyclegan: cyclegan-paper, demo or tiny. "
+                         "[default: the family's paper preset]", show_default=False)] = None,
     iters: Annotated[int | None, typer.Option("--iters", min=1, help="Training iterations.",
                                               show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -258,6 +268,8 @@ def train(
 
       starcli train --dataset demo-celeba --preset demo
 
+      starcli train --family cyclegan --dataset demo-celeba --domains Male --preset demo
+
       starcli train --joint --datasets celeba,rafd --preset paper --device cuda
 
       starcli train --resume latest
@@ -300,7 +312,8 @@ def train(
         cfg = resume_config(resume, preset=preset, family=family, **overrides)
     else:
         overrides.update(parse_family_flags(words, family or DEFAULT_FAMILY))
-        cfg = TrainConfig.from_preset(preset or "paper", family=family, **overrides)
+        cfg = TrainConfig.from_preset(preset or _paper_preset(family or DEFAULT_FAMILY),
+                                      family=family, **overrides)
     if gpus is not None and gpus > 1 and not dry_run:
         code = launch_local(gpus, cfg, _forwarded_args(ctx, drop=("gpus",)) + words)
         if code:

@@ -174,3 +174,25 @@ def test_gpus_forwards_the_family_flags(prepared, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["words"][-2:] == ["--n-critic", "3"] and "--gpus" not in seen["words"]
     assert seen["cfg"].n_critic == 3
+
+
+def test_cyclegan_flags_are_its_own(prepared):
+    args = ["train", "--family", "cyclegan", "-d", "demo-celeba", "--dry-run", "--json",
+            "--device", "cpu", "--precision", "fp32"]
+    result = runner.invoke(app, [*args, "--image-size", "32", "--domains", "Blond_Hair,Black_Hair",
+                                 "--lambda-cycle", "5", "--pool-size", "7", "--ngf", "8"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["preset"] == "cyclegan-paper"  # the family's paper preset
+    options = summary["config"]["options"]
+    assert (options["domains"], options["lambda_cycle"], options["pool_size"]) == \
+        ("Blond_Hair,Black_Hair", 5.0, 7)
+    assert summary["model"]["domains"]["names"] == ["Blond_Hair", "Black_Hair"]
+    v1_flag = runner.invoke(app, [*args, "--image-size", "32", "--n-critic", "2"])
+    assert v1_flag.exit_code == 2
+    text = " ".join(v1_flag.output.split())
+    assert "no such option --n-critic for --family cyclegan" in text and "--domains" in text
+    bad = runner.invoke(app, [*args, "--image-size", "32", "--domains", "Male,Blond_Hair"])
+    assert bad.exit_code == 2 and "--domains" in bad.output
+    helptext = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "Options of --family cyclegan" in helptext and "--lambda-cycle FLOAT" in helptext
