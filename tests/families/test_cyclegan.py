@@ -195,3 +195,23 @@ def test_translate_cli_on_a_tiny_checkpoint(home, tmp_path, make_dataset, monkey
     assert torch.equal(y[1], x[1])
     assert json.loads((Path(result["checkpoint"]) / "meta.json").read_text())["family"] == \
         "cyclegan"
+
+
+def test_translate_on_a_multilabel_dataset_needs_no_labels(home, tmp_path, make_dataset):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from starcli.cli import app
+    from starcli.engine import train
+
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    result = train(_cfg(home, tmp_path, iters=1, save_every=1, sample_every=0))
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(src / "face.png")
+    res = CliRunner().invoke(app, ["translate", str(src), "--checkpoint", result["checkpoint"],
+                                   "--to", "Male", "--to", "Male=0", "--out",
+                                   str(tmp_path / "out"), "--device", "cpu", "--home",
+                                   str(home)])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 2

@@ -37,6 +37,9 @@ class CycleGAN:
     loss_keys = LOSS_KEYS
     per_dataset_keys = PER_DATASET_KEYS
     log_keys = LOG_KEYS
+    # translate: a target's domain picks the generator; the other labels it keeps are not
+    # inputs of a CycleGAN, so no D (it has no classifier) and no --labels are needed.
+    needs_source_labels = False
 
     def model_config(self, options: CycleGANOptions, image_size: int, layout) -> CycleGANModel:
         return CycleGANModel(image_size=image_size, ngf=options.ngf, ndf=options.ndf,
