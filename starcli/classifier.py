@@ -9,14 +9,23 @@ eval runs after the first reuse it:
     path = train_classifier(open_prepared(home, "demo-celeba"), epochs=None, seed=0)
     clf = load_classifier(path)
     decisions = clf.predict(images)           # (N, width) bool, images in [-1, 1]
+
+The judge of `starcli eval` may know more labels than the model: `judge_view` widens a
+multi-label dataset to every column the images visibly hold (on the synthetic sets, every
+rendered column, as `datasets.toml` lists them under `rendered`), read from the same prepared
+shards, so the judge sees exactly the framing the model was trained on. Eval uses the extra
+columns to check that a translation leaves the labels it did not target alone.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +143,44 @@ def decide(probs: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "multilabel":
         return probs > 0.5
     return F.one_hot(probs.argmax(1), probs.shape[1]).bool()
+
+
+def rendered_columns(prepared: PreparedDataset, home: Path | None = None) -> tuple[str, ...]:
+    """The label columns drawn into the pixels of `prepared`, by its registry entry
+    (`rendered`; empty for real data, whose every column is a judgement of its own)."""
+    from starcli.data.registry import load_registry
+
+    try:
+        spec = load_registry(home).datasets.get(prepared.name)
+    except StarcliError:  # a broken user registry must not stop eval; prepare reports it
+        spec = None
+    return tuple(spec.rendered) if spec is not None else ()
+
+
+def judge_view(prepared: PreparedDataset, extra: Sequence[str] = ()) -> PreparedDataset:
+    """`prepared` with its label space widened by the `extra` names its shards hold (CelebA
+    format: all attribute columns are stored, only some selected). Same shards, same pixels:
+    only the label table differs, so the cached judge gets its own key. Names the shards do
+    not hold, or that are selected already, are left out; one-hot data are returned as
+    they are."""
+    table = prepared.manifest.get("label_table", {})
+    columns = list(table.get("columns", {}).get(table.get("source_column"), []))
+    space = prepared.space
+    if space.kind != "multilabel" or table.get("selected_columns") is None:
+        return prepared
+    added = [n for n in dict.fromkeys(extra) if n in columns and n not in space.names]
+    if not added:
+        return prepared
+    names = (*space.names, *added)
+    chosen = set(names)
+    wide = LabelSpace(dataset=space.dataset, format=space.format, kind=space.kind,
+                      names=names,
+                      exclusive_groups=tuple(tuple(n for n in g if n in chosen)
+                                             for g in space.exclusive_groups))
+    manifest = copy.deepcopy(prepared.manifest)
+    manifest["label_table"]["space"] = wide.to_dict()
+    manifest["label_table"]["selected_columns"] = [columns.index(n) for n in names]
+    return dataclasses.replace(prepared, manifest=manifest, space=wide)
 
 
 def cache_key(prepared: PreparedDataset) -> str:
