@@ -216,7 +216,9 @@ def train_classifier(
     """Train (or reuse) the classifier that `starcli eval` uses as its judge.
 
     It learns every label of the dataset's label table from the real train
-    split and is cached in <home>/classifiers/, keyed by the data's checksums.
+    split (on the synthetic sets also the rendered labels that were not
+    selected, for eval's retention) and is cached in <home>/classifiers/,
+    keyed by the data's checksums.
 
     Examples:
 
@@ -224,7 +226,7 @@ def train_classifier(
 
       starcli eval train-classifier celeba --size 128 --epochs 3 --device cuda
     """
-    from starcli.classifier import find_cached, load_classifier
+    from starcli.classifier import find_cached, judge_view, load_classifier, rendered_columns
     from starcli.classifier import train_classifier as run_train
     from starcli.data.dataset import open_prepared
     from starcli.paths import resolve_home
@@ -233,7 +235,9 @@ def train_classifier(
     results = []
     with RichProgress() as progress:
         for name in _names(names):
+            # The judge eval trains: every label the shards hold that the images show.
             prepared = open_prepared(root, name, size)
+            prepared = judge_view(prepared, rendered_columns(prepared, root))
             cached = not force and find_cached(prepared, epochs=epochs, seed=seed,
                                                home=root) is not None
             path = run_train(prepared, epochs=epochs, seed=seed, home=root, device=device,
