@@ -13,8 +13,10 @@ images of that space's prepared dataset are translated to every target domain:
   targeted reads the same to the classifier after translation as it read on the input
   (decisions against decisions, not against ground truth). The classifier learns every label
   the images hold (`classifier.judge_view`: on the synthetic sets also the rendered columns the
-  model does not condition on, e.g. Eyeglasses, Bangs, Pale_Skin). A one-hot space with no
-  other labels (RaFD's expressions) has nothing left to retain: its retention is None.
+  model does not condition on, e.g. Eyeglasses, Bangs, Pale_Skin). For a one-hot space the
+  labels left alone are its dataset's other label groups (RaFD: gaze, angle, gender,
+  ethnicity; `classifier.group_view`), read by a second classifier; a one-hot space with no
+  other groups (a folder dataset) has nothing left to retain: its retention is None.
 - identity L1 (always): mean |x - G(x, c_trg)| (pixels in [-1, 1], at the model's size) over
   the whole image and over the outer frame (the outer eighth of each side), where nothing
   should change for hair, age, smile or expression. Male flips may reach the frame (long
@@ -51,6 +53,7 @@ from starcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from starcli.classifier import (
     TrainedClassifier,
     accuracy_table,
+    group_view,
     judge_view,
     load_classifier,
     rendered_columns,
@@ -328,7 +331,21 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                     "train_images": clf.meta.get("train_images"),
                     "labels": list(judge.space.names),
                     "not_conditioned": [n for n in judge.space.names if n not in space.names]}
-    others = [_non_targeted(t, space, judge.space) for t in targets]
+    # One-hot spaces (RaFD expressions) leave their other label groups alone (gaze, angle,
+    # gender): a second judge, trained on those groups of the same shards, reads them.
+    groups = group_view(ds) if want_acc and space.kind == "onehot" else None
+    keeper = None
+    if groups is not None:
+        keeper = load_classifier(train_classifier(
+            groups, epochs=cfg.classifier_epochs, seed=cfg.seed, home=home, device=device,
+            progress=progress), device)
+        clf_info["groups"] = {"path": str(keeper.path), "labels": list(groups.space.names),
+                              "holdout": keeper.meta.get("holdout")}
+        others = [list(range(groups.space.width)) for _ in targets]
+        kept_names = list(groups.space.names)
+    else:
+        others = [_non_targeted(t, space, judge.space) for t in targets]
+        kept_names = None
 
     real_decisions, real_truth, real_labels = [], [], []
     # Sample-grid faces spread over the split (rows are often ordered by subject).
@@ -354,6 +371,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                 read_before = clf.predict(x).numpy()
                 real_decisions.append(read_before)
                 real_truth.append(judge_labels > 0.5)
+                if keeper is not None:
+                    read_before = keeper.predict(x).numpy()
             real_feats = inception.features(x) if want_fid else None
             for tally, other in zip(tallies, others, strict=True):
                 t = tally.target
@@ -366,6 +385,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                 if clf is not None:
                     read_after = clf.predict(fake).numpy()
                     carries = t.carried(read_after[:, columns])
+                    if keeper is not None:
+                        read_after = keeper.predict(fake).numpy()
                     before = t.carried(labels)
                     tally.images += len(labels)
                     tally.hits += int(carries.sum())
@@ -404,7 +425,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
             "success": _ratio(tally.eligible_hits, tally.eligible) if clf is not None else None,
             "ceiling": ceiling["per_label"][space.names[t.column]] if ceiling else None,
             "retention": _ratio(tally.kept, tally.kept_count) if clf is not None else None,
-            "retained_labels": [judge.space.names[k] for k in other],
+            "retained_labels": (kept_names if kept_names is not None else
+                                [judge.space.names[k] for k in other]),
             "identity_l1": _ratio(tally.id_sum, tally.id_count),
             "identity_l1_frame": _ratio(tally.id_frame_sum, tally.id_count),
             "cycle_l1": cycle,
@@ -426,7 +448,12 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
         "targets": rows,
         "mean": {key: _mean([r[key] for r in rows]) for key in _MEAN_KEYS},
     }
-    if clf is not None and not any(others):
+    if keeper is not None:
+        section["retention_note"] = (
+            f"retention on {ds.name}: an expression change must leave its other label groups "
+            f"({', '.join(groups.groups)}) alone; a second classifier trained on them reads "
+            f"input and translation")
+    elif clf is not None and not any(others):
         section["retention_note"] = (
             f"{ds.name}'s labels are one exclusive group ({space.kind}) and its shards hold "
             f"no other label the classifier reads, so no label is left untargeted: retention "

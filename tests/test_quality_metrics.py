@@ -17,7 +17,13 @@ from torch import nn
 
 import starcli.evaluate as ev
 from starcli.checkpoint import LoadedCheckpoint
-from starcli.classifier import judge_view, load_classifier, rendered_columns
+from starcli.classifier import (
+    group_view,
+    judge_view,
+    load_classifier,
+    rendered_columns,
+    train_classifier,
+)
 from starcli.data.celeba_attrs import CELEBA_ATTRIBUTES
 from starcli.data.dataset import content_sha256, joint_layout, open_prepared
 from starcli.evaluate import EvalConfig, evaluate, frame_mask, identity_l1
@@ -28,6 +34,7 @@ SIZE = 32
 # fourth (Eyeglasses) is drawn but not selected, like demo-celeba's rendered extras.
 DRAWN = ["Black_Hair", "Blond_Hair", "Male", "Eyeglasses"]
 SELECTED = DRAWN[:3]
+GAZES = ["left", "frontal", "right"]
 EXPRESSIONS = ["angry", "contemptuous", "disgusted", "fearful", "happy", "neutral", "sad",
                "surprised"]
 
@@ -36,7 +43,8 @@ def _band(img: np.ndarray, k: int) -> None:
     img[1 + 4 * k:1 + 4 * k + 3, 5:SIZE - 5] = 255
 
 
-def _write(home, name: str, fmt: str, counts: dict[str, int], seed: int = 0) -> None:
+def _write(home, name: str, fmt: str, counts: dict[str, int], seed: int = 0,
+           gaze: bool = False) -> None:
     """A prepared dataset in the shard contract. CelebA format stores all 40 attribute
     columns (as prepare does) and selects SELECTED; bands are drawn for all of DRAWN."""
     rng = np.random.default_rng(seed)
@@ -50,7 +58,7 @@ def _write(home, name: str, fmt: str, counts: dict[str, int], seed: int = 0) -> 
                  "selected_columns": [CELEBA_ATTRIBUTES.index(n) for n in SELECTED],
                  "aliases": []}
     else:
-        table = {"columns": {"expression": EXPRESSIONS},
+        table = {"columns": {"expression": EXPRESSIONS, **({"gaze": GAZES} if gaze else {})},
                  "space": {"dataset": name, "format": "rafd", "kind": "onehot",
                            "names": EXPRESSIONS, "exclusive_groups": []},
                  "source_column": "expression", "selected_columns": None, "aliases": []}
@@ -72,6 +80,11 @@ def _write(home, name: str, fmt: str, counts: dict[str, int], seed: int = 0) -> 
             for i in range(n):
                 _band(images[i], int(expression[i]))
             labels = {"expression": expression}
+            if gaze:  # a short mark in the left frame, one row block per gaze
+                looks = rng.integers(0, len(GAZES), n).astype(np.uint8)
+                for i in range(n):
+                    images[i, 1 + 4 * looks[i]:4 + 4 * looks[i], 1:4] = 255
+                labels["gaze"] = looks
         path = root / f"{split}-00000.h5"
         with h5py.File(path, "w") as f:
             f.create_dataset("images", data=images, chunks=(1, SIZE, SIZE, 3))
@@ -179,6 +192,8 @@ class BandJudge:
         return self.space.kind
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if self.space.names[0].startswith("gaze="):
+            return torch.stack([images[:, 0, 2 + 4 * k, 2] > 0 for k in range(len(GAZES))], 1)
         if self.space.kind == "onehot":
             read = _read_bands(images, len(self.space.names)).float()
             return torch.nn.functional.one_hot(read.argmax(1), len(self.space.names)).bool()
@@ -415,3 +430,45 @@ def test_no_transfer_for_a_single_dataset(data, tmp_path, monkeypatch):
     report = evaluate(EvalConfig(metrics=("accuracy",), out=tmp_path / "o"))
     assert report["transfer"] is None and report["summary"]["transfer"] is None
     assert "Transfer" not in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_rafd_retention_reads_its_other_label_groups(home, tmp_path, monkeypatch):
+    """Expressions are one exclusive group: what must not change is the other groups (here
+    gaze), read by a second judge on the same shards."""
+    _write(home, "sq-rafd", "rafd", {"train": 48, "test": 16}, seed=1, gaze=True)
+    view = group_view(open_prepared(home, "sq-rafd"))
+    assert view.space.names == ("gaze=left", "gaze=frontal", "gaze=right")
+    looks = view.labels("test")
+    assert looks.sum(1).tolist() == [1.0] * 16  # one gaze per face
+    spaces = _fixed_judge(monkeypatch)
+    _checkpoint(monkeypatch, tmp_path, home, IdentityG(), names=("sq-rafd",))
+    report = evaluate(EvalConfig(metrics=("accuracy",), out=tmp_path / "o"))
+    assert [s.kind for s in spaces.values()] == ["onehot", "multilabel"]
+    sec = report["datasets"][0]
+    assert all(r["retention"] == 1.0 for r in sec["targets"])
+    assert sec["targets"][0]["retained_labels"] == list(view.space.names)
+    assert "gaze" in sec["retention_note"] and sec["classifier"]["groups"]["labels"]
+    _checkpoint(monkeypatch, tmp_path, home, OracleG, names=("sq-rafd",))
+    drawn = evaluate(EvalConfig(metrics=("accuracy",), out=tmp_path / "o2"))
+    for r in drawn["datasets"][0]["targets"]:  # the gaze mark is lost on every face
+        assert r["success"] == 1.0 and r["retention"] == 0.0
+
+
+def test_group_view_trains_a_real_judge(home):
+    _write(home, "sq-rafd", "rafd", {"train": 128, "test": 16}, seed=2, gaze=True)
+    view = group_view(open_prepared(home, "sq-rafd"))
+    assert view.flip_invariant is False  # mirrored faces look the other way
+    clf = load_classifier(train_classifier(view, epochs=20, seed=0))
+    assert clf.space.names == view.space.names
+    decided = clf.predict(torch.from_numpy(_images(view)))
+    np.testing.assert_array_equal(decided.numpy(), view.labels("test") > 0.5)
+    assert group_view(open_prepared(home, "sq-rafd")) is not None
+    _write(home, "sq-plain", "rafd", {"train": 8, "test": 4})
+    assert group_view(open_prepared(home, "sq-plain")) is None  # no other groups
+
+
+def _images(ds) -> np.ndarray:
+    from starcli.data.dataset import iterate_split, to_tensor
+
+    return np.concatenate([to_tensor(images).numpy()
+                           for images, _, _ in iterate_split(ds, "test")])
