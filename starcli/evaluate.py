@@ -53,6 +53,7 @@ from starcli.checkpoint import LoadedCheckpoint, load_checkpoint
 from starcli.classifier import (
     TrainedClassifier,
     accuracy_table,
+    decide,
     group_view,
     judge_view,
     load_classifier,
@@ -348,6 +349,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
         kept_names = None
 
     real_decisions, real_truth, real_labels = [], [], []
+    group_probs: list[np.ndarray] = []
+    group_truth: list[np.ndarray] = []
     # Sample-grid faces spread over the split (rows are often ordered by subject).
     grid_rows = np.unique(np.linspace(0, total - 1, min(cfg.grid_images, total)).round()
                           .astype(np.int64))
@@ -372,7 +375,10 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                 real_decisions.append(read_before)
                 real_truth.append(judge_labels > 0.5)
                 if keeper is not None:
-                    read_before = keeper.predict(x).numpy()
+                    probs = keeper.probabilities(x)
+                    read_before = decide(probs, keeper.kind).numpy()
+                    group_probs.append(probs.numpy())
+                    group_truth.append(groups.labels(cfg.split)[rows])
             real_feats = inception.features(x) if want_fid else None
             for tally, other in zip(tallies, others, strict=True):
                 t = tally.target
@@ -449,6 +455,8 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
         "mean": {key: _mean([r[key] for r in rows]) for key in _MEAN_KEYS},
     }
     if keeper is not None:
+        clf_info["groups"]["real_accuracy"] = _group_accuracy(
+            groups, np.concatenate(group_probs), np.concatenate(group_truth))
         section["retention_note"] = (
             f"retention on {ds.name}: an expression change must leave its other label groups "
             f"({', '.join(groups.groups)}) alone; a second classifier trained on them reads "
@@ -470,6 +478,19 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                          if t.samples])
     section["_judge"] = clf
     return section
+
+
+def _group_accuracy(view, probs: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
+    """Per label group of `view` (exclusive groups of a GroupView): the share of real faces
+    whose most probable value in the group is their true one."""
+    out: dict[str, float | None] = {}
+    names = list(view.space.names)
+    for group, members in zip(view.groups, view.space.exclusive_groups, strict=True):
+        cols = [names.index(m) for m in members]
+        known = truth[:, cols].sum(1) > 0
+        hit = probs[:, cols].argmax(1) == truth[:, cols].argmax(1)
+        out[group] = float(hit[known].mean()) if known.any() else None
+    return out
 
 
 @torch.no_grad()

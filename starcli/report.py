@@ -154,6 +154,10 @@ def render_markdown(report: dict[str, Any], files: dict[str, Any]) -> str:
                       f"({', '.join(clf['not_conditioned'])}), for retention.", ""]
         if sec.get("retention_note"):
             lines += [sec["retention_note"][0].upper() + sec["retention_note"][1:] + ".", ""]
+        groups = (clf or {}).get("groups") or {}
+        if groups.get("real_accuracy"):
+            per = ", ".join(f"{k} {pct(v)}" for k, v in groups["real_accuracy"].items())
+            lines += [f"That classifier on real images (its ceiling): {per}.", ""]
         lines += ["| target | success | accuracy | ceiling | retention | identity L1 | "
                   "frame L1 | cycle L1 | FID |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sec["targets"]:

@@ -191,6 +191,9 @@ class BandJudge:
     def kind(self) -> str:
         return self.space.kind
 
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.predict(images).float()
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         if self.space.names[0].startswith("gaze="):
             return torch.stack([images[:, 0, 2 + 4 * k, 2] > 0 for k in range(len(GAZES))], 1)
@@ -448,6 +451,9 @@ def test_rafd_retention_reads_its_other_label_groups(home, tmp_path, monkeypatch
     assert all(r["retention"] == 1.0 for r in sec["targets"])
     assert sec["targets"][0]["retained_labels"] == list(view.space.names)
     assert "gaze" in sec["retention_note"] and sec["classifier"]["groups"]["labels"]
+    assert sec["classifier"]["groups"]["real_accuracy"] == {"gaze": 1.0}  # BandJudge is exact
+    assert "That classifier on real images (its ceiling): gaze 100.0%" in (
+        tmp_path / "o" / "report.md").read_text()
     _checkpoint(monkeypatch, tmp_path, home, OracleG, names=("sq-rafd",))
     drawn = evaluate(EvalConfig(metrics=("accuracy",), out=tmp_path / "o2"))
     for r in drawn["datasets"][0]["targets"]:  # the gaze mark is lost on every face
