@@ -226,16 +226,23 @@ def _one_hot(values: np.ndarray, listed: list, group: str, path: Path) -> np.nda
     return out
 
 
+# Label groups of a person rather than of a photo (constant over a subject's images). With
+# RaFD's subject-wise split the judge meets too few people to read them: on demo-rafd at
+# 32 px, 67% (gender) and 46% (ethnicity) on the test subjects, against 97% (gaze) and 100%
+# (angle). They are left out of retention rather than letting the judge's noise count.
+SUBJECT_GROUPS = ("gender", "ethnicity", "subject")
+
+
 def group_view(prepared: PreparedDataset) -> GroupView | None:
-    """The other label groups of a one-hot dataset (those with two or more values), or
-    None when it has none (a folder dataset, or a multi-label one)."""
+    """The other label groups of a one-hot dataset (those with two or more values, not
+    SUBJECT_GROUPS), or None when it has none (a folder dataset, or a multi-label one)."""
     table = prepared.manifest.get("label_table", {})
     if prepared.space.kind != "onehot":
         return None
     columns = table.get("columns", {})
     groups = tuple(g for g, listed in columns.items()
-                   if g != table.get("source_column") and isinstance(listed, list)
-                   and len(listed) >= 2)
+                   if g != table.get("source_column") and g not in SUBJECT_GROUPS
+                   and isinstance(listed, list) and len(listed) >= 2)
     if not groups:
         return None
     names = tuple(f"{g}={v}" for g in groups for v in columns[g])

@@ -14,8 +14,8 @@ images of that space's prepared dataset are translated to every target domain:
   (decisions against decisions, not against ground truth). The classifier learns every label
   the images hold (`classifier.judge_view`: on the synthetic sets also the rendered columns the
   model does not condition on, e.g. Eyeglasses, Bangs, Pale_Skin). For a one-hot space the
-  labels left alone are its dataset's other label groups (RaFD: gaze, angle, gender,
-  ethnicity; `classifier.group_view`), read by a second classifier; a one-hot space with no
+  labels left alone are its dataset's other label groups of the photo (RaFD: gaze and angle;
+  `classifier.group_view`), read by a second classifier; a one-hot space with no
   other groups (a folder dataset) has nothing left to retain: its retention is None.
 - identity L1 (always): mean |x - G(x, c_trg)| (pixels in [-1, 1], at the model's size) over
   the whole image and over the outer frame (the outer eighth of each side), where nothing

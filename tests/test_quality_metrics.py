@@ -58,7 +58,8 @@ def _write(home, name: str, fmt: str, counts: dict[str, int], seed: int = 0,
                  "selected_columns": [CELEBA_ATTRIBUTES.index(n) for n in SELECTED],
                  "aliases": []}
     else:
-        table = {"columns": {"expression": EXPRESSIONS, **({"gaze": GAZES} if gaze else {})},
+        others = {"gaze": GAZES, "gender": ["female", "male"]} if gaze else {}
+        table = {"columns": {"expression": EXPRESSIONS, **others},
                  "space": {"dataset": name, "format": "rafd", "kind": "onehot",
                            "names": EXPRESSIONS, "exclusive_groups": []},
                  "source_column": "expression", "selected_columns": None, "aliases": []}
@@ -85,6 +86,7 @@ def _write(home, name: str, fmt: str, counts: dict[str, int], seed: int = 0,
                 for i in range(n):
                     images[i, 1 + 4 * looks[i]:4 + 4 * looks[i], 1:4] = 255
                 labels["gaze"] = looks
+                labels["gender"] = rng.integers(0, 2, n).astype(np.uint8)  # not drawn
         path = root / f"{split}-00000.h5"
         with h5py.File(path, "w") as f:
             f.create_dataset("images", data=images, chunks=(1, SIZE, SIZE, 3))
@@ -441,6 +443,7 @@ def test_rafd_retention_reads_its_other_label_groups(home, tmp_path, monkeypatch
     _write(home, "sq-rafd", "rafd", {"train": 48, "test": 16}, seed=1, gaze=True)
     view = group_view(open_prepared(home, "sq-rafd"))
     assert view.space.names == ("gaze=left", "gaze=frontal", "gaze=right")
+    assert view.groups == ("gaze",)  # gender is the person's, not the photo's: left out
     looks = view.labels("test")
     assert looks.sum(1).tolist() == [1.0] * 16  # one gaze per face
     spaces = _fixed_judge(monkeypatch)
