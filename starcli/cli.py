@@ -116,7 +116,10 @@ def _build(name: str, obj: Any, kind: str):
         command = typer.main.get_group(obj)  # a group even with one command (import)
     else:
         single = typer.Typer(context_settings=_CONTEXT, rich_markup_mode="rich")
-        single.command(name=name)(obj)
+        # A command may add its own click context settings (train: family flags parsed
+        # from the extra words).
+        settings = {**_CONTEXT, **getattr(obj, "context_settings", {})}
+        single.command(name=name, context_settings=settings)(obj)
         command = typer.main.get_command(single)
     command.name = name
     return command

@@ -125,7 +125,16 @@ def render_markdown(report: dict[str, Any], files: dict[str, Any]) -> str:
               f"| success (faces without the target before) | {pct(s['success'])} |",
               f"| accuracy (all faces) | {pct(s['accuracy'])} |",
               f"| classifier on real images (ceiling) | {pct(s['ceiling'])} |",
-              f"| reconstruction L1 | {_num(s['reconstruction_l1'])} |",
+              f"| attribute retention (non-targeted labels unchanged) | "
+              f"{pct(s.get('retention'))} |",
+              f"| identity L1, whole image | {_num(s.get('identity_l1'))} |",
+              f"| identity L1, outer frame (Male flips excluded) | "
+              f"{_num(s.get('identity_l1_frame_no_male'))} |",
+              f"| identity L1, outer frame (Male flips) | "
+              f"{_num(s.get('identity_l1_frame_male'))} |",
+              f"| cycle L1 | {_num(s.get('cycle_l1', s.get('reconstruction_l1')))} |",
+              f"| transfer (CelebA-format faces to one-hot classes) | "
+              f"{pct(s.get('transfer'))} |",
               f"| FID | {_num(s['fid'], 2)} |", ""]
     for sec in report["datasets"]:
         lines += [f"## {sec['dataset']} ({sec['kind']}, {sec['images']} {sec['split']} images)",
@@ -140,23 +149,49 @@ def render_markdown(report: dict[str, Any], files: dict[str, Any]) -> str:
         if err:
             sentence = classification_error_sentence(err)
             lines += [sentence[0].upper() + sentence[1:] + ".", ""]
-        lines += ["| target | success | accuracy | ceiling | reconstruction L1 | FID |",
-                  "|---|---|---|---|---|---|"]
+        if clf and clf.get("not_conditioned"):
+            lines += ["The classifier also reads labels the model does not condition on "
+                      f"({', '.join(clf['not_conditioned'])}), for retention.", ""]
+        if sec.get("retention_note"):
+            lines += [sec["retention_note"][0].upper() + sec["retention_note"][1:] + ".", ""]
+        groups = (clf or {}).get("groups") or {}
+        if groups.get("real_accuracy"):
+            per = ", ".join(f"{k} {pct(v)}" for k, v in groups["real_accuracy"].items())
+            lines += [f"That classifier on real images (its ceiling): {per}.", ""]
+        lines += ["| target | success | accuracy | ceiling | retention | identity L1 | "
+                  "frame L1 | cycle L1 | FID |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sec["targets"]:
             lines.append(f"| {r['target']} | {pct(r['success'])} ({r['eligible']}) | "
                          f"{pct(r['accuracy'])} | {pct(r['ceiling'])} | "
-                         f"{_num(r['reconstruction_l1'])} | {_num(r['fid'], 2)} |")
+                         f"{pct(r.get('retention'))} | {_num(r.get('identity_l1'))} | "
+                         f"{_num(r.get('identity_l1_frame'))} | "
+                         f"{_num(r.get('cycle_l1', r.get('reconstruction_l1')))} | "
+                         f"{_num(r['fid'], 2)} |")
         m = sec["mean"]
         lines += [f"| **mean** | {pct(m['success'])} | {pct(m['accuracy'])} | "
-                  f"{pct(m['ceiling'])} | {_num(m['reconstruction_l1'])} | "
+                  f"{pct(m['ceiling'])} | {pct(m.get('retention'))} | "
+                  f"{_num(m.get('identity_l1'))} | {_num(m.get('identity_l1_frame'))} | "
+                  f"{_num(m.get('cycle_l1', m.get('reconstruction_l1')))} | "
                   f"{_num(m['fid'], 2)} |", ""]
         grid = files["samples"].get(sec["dataset"])
         if grid:
             lines += [f"![samples of {sec['dataset']}]({Path(grid).name})", ""]
+    for t in report.get("transfer") or []:
+        lines += [f"## Transfer: {t['source']} faces to {t['target_space']} classes", "",
+                  f"{t['images']} {report['split']} faces of {t['source']} translated to each "
+                  f"class of {t['target_space']}, judged by the {t['target_space']} classifier "
+                  f"(StarGAN's joint-training result).", "",
+                  "| class | success |", "|---|---|"]
+        lines += [f"| {r['target']} | {pct(r['success'])} |" for r in t["targets"]]
+        lines += [f"| **mean** | {pct(t['mean'])} |", ""]
     if files.get("chart"):
         lines += ["## Accuracy per target", "", f"![accuracy]({Path(files['chart']).name})", ""]
     lines += ["Success counts, in brackets, how many faces did not carry the target before. "
-              "Reconstruction L1 is mean |x − G(G(x, c_trg), c_org)| with pixels in [−1, 1].", ""]
+              "Retention is the share of faces whose every label that was not targeted reads "
+              "the same to the classifier after translation as before. Identity L1 is "
+              "mean |x − G(x, c_trg)| over the whole image, frame L1 the same over the outer "
+              "eighth of each side. Cycle L1 is mean |x − G(G(x, c_trg), c_org)|. Pixels are in "
+              "[−1, 1] at the model's size.", ""]
     return "\n".join(lines)
 
 

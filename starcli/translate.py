@@ -328,7 +328,10 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
     csv_table: dict[str, np.ndarray] = {}
     if cfg.labels is not None:
         csv_table, _covered = read_labels_csv(cfg.labels, layout)
-    if needed and ckpt.D is None and cfg.labels is None:
+    # A family whose translator ignores the labels a target keeps (CycleGAN: the target's
+    # domain picks the generator) needs neither D nor --labels for them.
+    keeps_labels = getattr(get_family(ckpt.family), "needs_source_labels", True)
+    if needed and ckpt.D is None and cfg.labels is None and keeps_labels:
         names = [f"{b.space.dataset}:{b.space.names[p - b.offset]}" if layout.use_mask
                  else b.space.names[p - b.offset]
                  for p in needed for b in layout.blocks if b.offset <= p < b.stop]
@@ -366,7 +369,7 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
         todo = [s for s, p in outputs.items() if cfg.overwrite or not p.exists()]
         grid_todo = grid is not None and (cfg.overwrite or not grid.exists())
         labels = _lookup_csv(csv_table, item) if csv_table else None
-        if (todo or grid_todo) and ckpt.D is None and needed and (
+        if (todo or grid_todo) and ckpt.D is None and needed and keeps_labels and (
                 labels is None or np.isnan(labels[needed]).any()):
             row.update(status="skipped",
                        reason=f"no own labels: not (fully) in --labels {cfg.labels} and the "

@@ -78,8 +78,11 @@ def eval_(
     Test images are translated to every target the checkpoint knows, then
     judged by a classifier trained on the real train split (cached in
     <home>/classifiers/). success: share of faces without the target before
-    that carry it after; ceiling: the classifier's accuracy on real images.
-    Also reconstruction L1, and FID when Inception weights are available.
+    that carry it after; ceiling: the classifier's accuracy on real images;
+    retention: faces whose labels that were not targeted still read the same.
+    Also identity L1 |x - G(x, c)| (whole image and outer frame), cycle L1,
+    transfer to RaFD expressions for joint models, and FID when Inception
+    weights are available.
     Writes report.json, report.md, sample grids and an accuracy chart.
 
     Examples:
@@ -112,12 +115,12 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     targets = [{"dataset": sec["dataset"], **row}
                for sec in report["datasets"] for row in sec["targets"]]
     datasets = [{k: sec.get(k) for k in ("dataset", "kind", "images", "mean",
-                                         "classification_error")}
+                                         "classification_error", "retention_note")}
                 for sec in report["datasets"]]
     return {"checkpoint": report["checkpoint"], "step": report["step"],
             "split": report["split"], "summary": report["summary"], "datasets": datasets,
-            "targets": targets, "fid": report.get("fid"), "files": report["files"],
-            "out": report["out"]}
+            "targets": targets, "transfer": report.get("transfer"), "fid": report.get("fid"),
+            "files": report["files"], "out": report["out"]}
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -128,28 +131,53 @@ def _print_report(report: dict[str, Any]) -> None:
                   title_justify="left")
     if joint:
         table.add_column("dataset")
-    for name, justify in (("target", "left"), ("success", "right"), ("accuracy", "right"),
-                          ("ceiling", "right"), ("rec. L1", "right"), ("FID", "right")):
-        table.add_column(name, justify=justify)
+    # Label names are never cut (they are what a reader looks up); narrow terminals wrap the
+    # numeric headers instead.
+    # (identity L1 whole / frame, cycle L1; the legend below the table names them in full)
+    with_fid = any(r.get("fid") is not None for sec in report["datasets"]
+                   for r in sec["targets"])
+    table.add_column("target", no_wrap=True)
+    for name in ("success", "acc.", "ceiling", "retain", "id L1", "frame", "cycle",
+                 *(("FID",) if with_fid else ())):
+        table.add_column(name, justify="right")
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        out = [pct(r["success"]), pct(r["accuracy"]), pct(r["ceiling"]),
+               pct(r.get("retention")), num(r.get("identity_l1")),
+               num(r.get("identity_l1_frame")),
+               num(r.get("cycle_l1", r.get("reconstruction_l1")))]
+        return out + ([num(r["fid"], 2)] if with_fid else [])
+
     for sec in report["datasets"]:
         for row in sec["targets"]:
-            cells = [row["target"], pct(row["success"]), pct(row["accuracy"]),
-                     pct(row["ceiling"]), num(row["reconstruction_l1"]),
-                     num(row["fid"], 2)]
-            table.add_row(*([sec["dataset"]] if joint else []), *cells)
-        m = sec["mean"]
+            table.add_row(*([sec["dataset"]] if joint else []), row["target"], *cells(row))
         table.add_row(*([sec["dataset"]] if joint else []), "[bold]mean[/]",
-                      pct(m["success"]), pct(m["accuracy"]), pct(m["ceiling"]),
-                      num(m["reconstruction_l1"]), num(m["fid"], 2), end_section=True)
+                      *cells(sec["mean"]), end_section=True)
     console.print(table)
+    console.print("acc.: accuracy over all faces; retain: faces whose labels that were not "
+                  "targeted read the same; id L1 / frame: mean |x - G(x, c)| over the image / "
+                  "its outer eighth; cycle: cycle L1.", style="dim")
+    for t in report.get("transfer") or []:
+        per = ", ".join(f"{r['target']} {pct(r['success'])}" for r in t["targets"])
+        console.print(f"transfer {t['source']} → {t['target_space']}: mean "
+                      f"{pct(t['mean'])} ({per})")
     s = report["summary"]
     parts = []
     if s.get("success") is not None:
         parts += [f"success {pct(s['success'])} (faces that did not carry the target before)",
                   f"accuracy {pct(s['accuracy'])}",
                   f"classifier on real images {pct(s['ceiling'])}"]
-    if s.get("reconstruction_l1") is not None:
-        parts.append(f"reconstruction L1 {num(s['reconstruction_l1'])}")
+    if s.get("retention") is not None:
+        parts.append(f"retention {pct(s['retention'])}")
+    if s.get("identity_l1") is not None:
+        parts.append(f"identity L1 {num(s['identity_l1'])} (frame "
+                     f"{num(s.get('identity_l1_frame_no_male'))} without Male flips, "
+                     f"{num(s.get('identity_l1_frame_male'))} Male flips)")
+    cycle = s.get("cycle_l1", s.get("reconstruction_l1"))
+    if cycle is not None:
+        parts.append(f"cycle L1 {num(cycle)}")
+    if s.get("transfer") is not None:
+        parts.append(f"transfer {pct(s['transfer'])}")
     if s.get("fid") is not None:
         parts.append(f"FID {num(s['fid'], 2)}")
     if parts:
@@ -188,7 +216,9 @@ def train_classifier(
     """Train (or reuse) the classifier that `starcli eval` uses as its judge.
 
     It learns every label of the dataset's label table from the real train
-    split and is cached in <home>/classifiers/, keyed by the data's checksums.
+    split (on the synthetic sets also the rendered labels that were not
+    selected, for eval's retention) and is cached in <home>/classifiers/,
+    keyed by the data's checksums.
 
     Examples:
 
@@ -196,7 +226,7 @@ def train_classifier(
 
       starcli eval train-classifier celeba --size 128 --epochs 3 --device cuda
     """
-    from starcli.classifier import find_cached, load_classifier
+    from starcli.classifier import find_cached, judge_view, load_classifier, rendered_columns
     from starcli.classifier import train_classifier as run_train
     from starcli.data.dataset import open_prepared
     from starcli.paths import resolve_home
@@ -205,7 +235,9 @@ def train_classifier(
     results = []
     with RichProgress() as progress:
         for name in _names(names):
+            # The judge eval trains: every label the shards hold that the images show.
             prepared = open_prepared(root, name, size)
+            prepared = judge_view(prepared, rendered_columns(prepared, root))
             cached = not force and find_cached(prepared, epochs=epochs, seed=seed,
                                                home=root) is not None
             path = run_train(prepared, epochs=epochs, seed=seed, home=root, device=device,

@@ -51,6 +51,131 @@ def _forwarded_args(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
     return words
 
 
+# ---- family options: declared by each family's torch-free config module -----------------
+# Every field of a family's OPTIONS dataclass with metadata {"help": ...} is a flag of
+# `starcli train --family NAME` (--kebab-case; "choices", "min" and "max" are checked here, so
+# a bad value is a usage error naming the flag before the config is built).
+
+
+def family_flags(family: str) -> dict[str, tuple[str, type, dict]]:
+    """--flag → (field name, value type, metadata) for one family (torch-free)."""
+    from dataclasses import MISSING, fields
+
+    from starcli.families import family_info
+
+    out = {}
+    for f in fields(family_info(family).options):
+        if "help" not in f.metadata:
+            continue
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
+        if kind is None:
+            kind = type(f.default) if f.default is not MISSING else str
+        out["--" + f.name.replace("_", "-")] = (f.name, kind, dict(f.metadata))
+    return out
+
+
+def _usage_error(message: str) -> Exception:
+    """A click usage error (exit 2) of the click typer runs on (newer typer vendors its own,
+    and only its exceptions are caught by its command)."""
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+    return UsageError(message)
+
+
+def _range(meta: dict) -> str:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{lo}<=x<={hi}"
+    return f"x>={lo}" if lo is not None else f"x<={hi}"
+
+
+def _convert(flag: str, kind: type, meta: dict, text: str):
+    hint = f"'{flag}'"
+    if kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "integer" if kind is int else "float"
+            raise typer.BadParameter(f"{text!r} is not a valid {noun}.", param_hint=hint
+                                     ) from None
+        lo, hi = meta.get("min"), meta.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise typer.BadParameter(f"{value} is not in the range {_range(meta)}.",
+                                     param_hint=hint)
+    else:
+        value = text
+    if "choices" in meta:
+        _choice(value, tuple(meta["choices"]), flag)
+    return value
+
+
+def parse_family_flags(words: list[str], family: str) -> dict[str, object]:
+    """The family's options given as `--kebab-case VALUE` (or `--x/--no-x` for booleans)
+    words, by field name; a usage error (exit 2) naming the family for anything else."""
+
+    specs = family_flags(family)
+    valid = ", ".join(specs) or "none"
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        flag, eq, inline = word.partition("=")
+        spec = specs.get(flag)
+        negated = spec is None and flag.startswith("--no-") and \
+            specs.get("--" + flag[5:], (None, None))[1] is bool
+        if negated:
+            spec = specs["--" + flag[5:]]
+        if spec is None:
+            what = f"no such option {flag}" if word.startswith("-") else \
+                f"unexpected argument {word!r}"
+            raise _usage_error(f"{what} for --family {family}; its options are: {valid} "
+                                   "(the generic ones are in starcli train --help).")
+        name, kind, meta = spec
+        if kind is bool:
+            if eq:
+                raise _usage_error(f"{flag} takes no value (use {flag} or --no-"
+                                       f"{flag[2:]}).")
+            out[name] = not negated
+            continue
+        if not eq:
+            if i >= len(words):
+                raise _usage_error(f"Option '{flag}' requires an argument.")
+            inline = words[i]
+            i += 1
+        out[name] = _convert(flag, kind, meta, inline)
+    return out
+
+
+_METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT"}
+
+
+def _paper_preset(family: str) -> str:
+    """The family's paper preset: `paper`, else the one named `<...>-paper`, else the first."""
+    from starcli.config import presets_of
+
+    names = list(presets_of(family))
+    return "paper" if "paper" in names else next(
+        (n for n in names if n.endswith("paper")), names[0])
+
+
+def _family_help() -> str:
+    """The help section listing each family's options (read from the config modules)."""
+    from starcli.families import FAMILY_NAMES
+
+    parts = []
+    for name in FAMILY_NAMES:
+        lines = [f"    Options of --family {name}:", ""]
+        for flag, (_, kind, meta) in family_flags(name).items():
+            shown = f"{flag}/--no-{flag[2:]}" if kind is bool else \
+                f"{flag} {_METAVARS[kind]}"
+            lines.append(f"      {shown}  {meta['help']}\n")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 @cli_errors
 def train(
     ctx: typer.Context,
@@ -67,11 +192,12 @@ def train(
         "--mix", help="Joint sampling weights per dataset, e.g. 1,1 (default: alternate "
                       "batches 1:1 as the paper).", show_default=False)] = None,
     family: Annotated[str | None, typer.Option(
-        "--family", help="Model family: stargan-v1 (the only one so far). "
+        "--family", help="Model family: stargan-v1 or cyclegan (one pair of --domains). "
                          "[default: stargan-v1]", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="stargan-v1: paper (official hyper-parameters), demo (fast CPU "
-                         "recipe) or tiny (tests). [default: paper]", show_default=False)] = None,
+                         "recipe) or tiny (tests); cyclegan: cyclegan-paper, demo or tiny. "
+                         "[default: the family's paper preset]", show_default=False)] = None,
     iters: Annotated[int | None, typer.Option("--iters", min=1, help="Training iterations.",
                                               show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -80,42 +206,9 @@ def train(
     image_size: Annotated[int | None, typer.Option(
         "--image-size", min=4, help="Must match the prepared data (`starcli prepare --size`).",
         show_default=False)] = None,
-    adv_loss: Annotated[str | None, typer.Option(
-        "--adv-loss", help="wgan-gp (paper), lsgan, vanilla or hinge.",
-        show_default=False)] = None,
-    n_critic: Annotated[int | None, typer.Option(
-        "--n-critic", min=1, help="D updates per G update.", show_default=False)] = None,
-    lambda_cls: Annotated[float | None, typer.Option(
-        "--lambda-cls", min=0.0, help="Weight of the domain-classification loss.",
-        show_default=False)] = None,
-    lambda_rec: Annotated[float | None, typer.Option(
-        "--lambda-rec", min=0.0, help="Weight of the cycle-reconstruction loss.",
-        show_default=False)] = None,
-    lambda_gp: Annotated[float | None, typer.Option(
-        "--lambda-gp", min=0.0, help="Weight of the gradient penalty (wgan-gp).",
-        show_default=False)] = None,
-    g_lr: Annotated[float | None, typer.Option("--g-lr", help="Generator learning rate.",
-                                               show_default=False)] = None,
-    d_lr: Annotated[float | None, typer.Option("--d-lr", help="Discriminator learning rate.",
-                                               show_default=False)] = None,
     lr_decay_iters: Annotated[int | None, typer.Option(
         "--lr-decay-iters", min=0, help="Decay the learning rates linearly to 0 over the last "
                                         "N iterations.", show_default=False)] = None,
-    g_conv_dim: Annotated[int | None, typer.Option(
-        "--g-conv-dim", min=1, help="Width of G's first layer.", show_default=False)] = None,
-    d_conv_dim: Annotated[int | None, typer.Option(
-        "--d-conv-dim", min=1, help="Width of D's first layer.", show_default=False)] = None,
-    g_repeat_num: Annotated[int | None, typer.Option(
-        "--g-repeat-num", min=0, help="Residual blocks in G.", show_default=False)] = None,
-    g_down_num: Annotated[int | None, typer.Option(
-        "--g-down-num", min=1, help="Stride-2 convs in G before its residual blocks (paper: 2).",
-        show_default=False)] = None,
-    g_ema: Annotated[float | None, typer.Option(
-        "--g-ema", min=0.0, max=0.9999999, help="Keep a moving average of G's weights with "
-        "this decay (e.g. 0.999) for samples, translate and eval; 0 turns it off.",
-        show_default=False)] = None,
-    d_repeat_num: Annotated[int | None, typer.Option(
-        "--d-repeat-num", min=1, help="Strided convs in D.", show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(
         "--precision", help="fp32, bf16, fp16 (CUDA) or auto (bf16 where the hardware has "
                             "it). [default: auto]", show_default=False)] = None,
@@ -175,6 +268,8 @@ def train(
 
       starcli train --dataset demo-celeba --preset demo
 
+      starcli train --family cyclegan --dataset demo-celeba --domains Male --preset demo
+
       starcli train --joint --datasets celeba,rafd --preset paper --device cuda
 
       starcli train --resume latest
@@ -186,25 +281,20 @@ def train(
     from starcli.config import PRECISIONS, presets_of
     from starcli.errors import ConfigError
     from starcli.families import DEFAULT_FAMILY, FAMILY_NAMES
-    from starcli.families.stargan_v1.config import ADV_LOSSES
 
     _choice(family, FAMILY_NAMES, "--family")
     try:
         _choice(preset, tuple(presets_of(family or DEFAULT_FAMILY)), "--preset")
     except ConfigError as exc:  # an unknown family is caught just above
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
-    _choice(adv_loss, ADV_LOSSES, "--adv-loss")
     _choice(precision, PRECISIONS, "--precision")
     names: list[str] = []
     for value in list(dataset or []) + ([datasets] if datasets else []):
         names.extend(split_csv(value) or ())
     overrides = dict(
         datasets=tuple(names) or None, joint=joint or None, mix=split_numbers(mix, "--mix", float),
-        iters=iters, batch_size=batch_size, image_size=image_size, adv_loss=adv_loss,
-        n_critic=n_critic, lambda_cls=lambda_cls, lambda_rec=lambda_rec, lambda_gp=lambda_gp,
-        g_lr=g_lr, d_lr=d_lr, lr_decay_iters=lr_decay_iters, g_conv_dim=g_conv_dim,
-        d_conv_dim=d_conv_dim, g_repeat_num=g_repeat_num, g_down_num=g_down_num,
-        g_ema=g_ema, d_repeat_num=d_repeat_num,
+        iters=iters, batch_size=batch_size, image_size=image_size,
+        lr_decay_iters=lr_decay_iters,
         precision=precision, channels_last=channels_last, compile=compile_, device=device,
         workers=workers, seed=seed, run_dir=run_dir, sample_every=sample_every,
         save_every=save_every, log_every=log_every, keep_last=keep,
@@ -214,18 +304,24 @@ def train(
     from starcli.engine import check_launch, describe_run, launch_local, resume_config
     from starcli.engine import train as run_train
 
+    words = list(ctx.args)
     if resume is not None:
+        # The family's flags are those of the resumed run's family unless --family is given.
+        chosen = family or (resume_config(resume).family if words else DEFAULT_FAMILY)
+        overrides.update(parse_family_flags(words, chosen))
         cfg = resume_config(resume, preset=preset, family=family, **overrides)
     else:
-        cfg = TrainConfig.from_preset(preset or "paper", family=family, **overrides)
+        overrides.update(parse_family_flags(words, family or DEFAULT_FAMILY))
+        cfg = TrainConfig.from_preset(preset or _paper_preset(family or DEFAULT_FAMILY),
+                                      family=family, **overrides)
     if gpus is not None and gpus > 1 and not dry_run:
-        code = launch_local(gpus, cfg, _forwarded_args(ctx, drop=("gpus",)))
+        code = launch_local(gpus, cfg, _forwarded_args(ctx, drop=("gpus",)) + words)
         if code:
             console.print(f"[bold red]Error:[/] training in {gpus} processes failed (exit "
                           f"{code}); the failing rank's error is above.", soft_wrap=True)
         raise typer.Exit(code)
     is_main = int(os.environ.get("RANK", "0") or 0) == 0
-    if cfg.batch_size < 8 and is_main:
+    if cfg.batch_size < getattr(cfg.options, "WARN_BATCH_BELOW", 8) and is_main:
         console.print(f"[yellow]Warning:[/] --batch-size {cfg.batch_size} is below 8; the paper "
                       "used 16 and the critic's estimates get noisy with tiny batches.")
 
@@ -275,3 +371,9 @@ def train(
             console.print(f"  last:       {json.dumps(shown)}", soft_wrap=True)
     if json_out:
         emit_json(result)
+
+
+# Family flags are words click does not know: it leaves them in ctx.args for
+# parse_family_flags (cli.py reads these settings when it builds the command).
+train.context_settings = {"allow_extra_args": True, "ignore_unknown_options": True}
+train.__doc__ = (train.__doc__ or "").rstrip() + "\n\n" + _family_help()

@@ -47,6 +47,8 @@ class FamilyInfo:
 FAMILIES: dict[str, FamilyInfo] = {
     "stargan-v1": FamilyInfo("stargan-v1", "starcli.families.stargan_v1.config",
                              "starcli.families.stargan_v1.family"),
+    "cyclegan": FamilyInfo("cyclegan", "starcli.families.cyclegan.config",
+                           "starcli.families.cyclegan.family"),
 }
 FAMILY_NAMES = tuple(FAMILIES)
 DEFAULT_FAMILY = "stargan-v1"

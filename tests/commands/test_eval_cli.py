@@ -129,6 +129,17 @@ def test_real_run_prints_a_table_and_json(home, tmp_path):
                                                      "Male=0"]
     assert Path(out["files"]["markdown"]).is_file() and Path(out["files"]["chart"]).is_file()
     assert "Blond_Hair" in res.stderr and "report:" in res.stderr
+    figures = out["summary"]["figures"]
+    assert set(figures) == {"success", "identity_l1", "identity_l1_frame_no_male",
+                            "identity_l1_frame_male", "retention", "transfer"}
+    assert 0.0 <= figures["retention"] <= 1.0 and figures["identity_l1"] > 0.0
+    assert figures["transfer"] is None and out["transfer"] is None  # one dataset
+    for row in out["targets"]:
+        assert row["cycle_l1"] == row["reconstruction_l1"] > 0.0
+        assert row["identity_l1_frame"] >= 0.0 and row["retention"] is not None
+    assert "retention" in res.stderr and "cycle L1" in res.stderr
+    md = Path(out["files"]["markdown"]).read_text()
+    assert "attribute retention" in md and "identity L1, whole image" in md
 
 
 def test_bad_metric_is_exit_2(home):

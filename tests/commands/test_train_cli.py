@@ -122,3 +122,77 @@ def test_real_tiny_run_then_resume(prepared, tmp_path):
 
     changed = runner.invoke(app, ["train", "--resume", "latest", "--image-size", "64"])
     assert changed.exit_code == 2 and "cannot change when resuming" in changed.output
+
+
+# ---- family options are routed by name to the chosen family's OPTIONS ----------------------
+
+@pytest.mark.parametrize("args, text", [
+    (["--no-such-flag", "3"], "no such option --no-such-flag for --family stargan-v1"),
+    (["--n-critic", "0"], "Invalid value for '--n-critic': 0 is not in the range x>=1"),
+    (["--lambda-rec", "abc"], "'--lambda-rec'"),
+    (["--g-ema", "1.0"], "'--g-ema'"),
+    (["--adv-loss", "wgan"], "must be one of wgan-gp, lsgan, vanilla, hinge"),
+    (["--n-critic"], "requires an argument"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_family_flags_are_checked_before_work(prepared, tmp_path, args, text):
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", *TINY, *args])
+    assert result.exit_code == 2, result.output
+    assert text in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_unknown_flag_lists_the_familys_flags(prepared):
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", "--cycle", "1", *TINY])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "--n-critic" in text and "--g-ema" in text and "--family stargan-v1" in text
+
+
+def test_family_flags_reach_the_options_and_help_lists_them(prepared, monkeypatch):
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", "--dry-run", "--json", *TINY,
+                                 "--n-critic", "3", "--g-ema=0.5", "--lambda-gp", "2"])
+    assert result.exit_code == 0, result.output
+    options = json.loads(result.stdout)["config"]["options"]
+    assert (options["n_critic"], options["g_ema"], options["lambda_gp"]) == (3, 0.5, 2.0)
+    helptext = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "Options of --family stargan-v1" in helptext and "--n-critic INTEGER" in helptext
+
+
+def test_gpus_forwards_the_family_flags(prepared, monkeypatch):
+    import starcli.engine
+
+    seen = {}
+
+    def fake_launch(n, cfg, words):
+        seen.update(n=n, cfg=cfg, words=words)
+        return 0
+
+    monkeypatch.setattr(starcli.engine, "launch_local", fake_launch)
+    result = runner.invoke(app, ["train", "-d", "demo-celeba", "--gpus", "2", *TINY,
+                                 "--n-critic", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["words"][-2:] == ["--n-critic", "3"] and "--gpus" not in seen["words"]
+    assert seen["cfg"].n_critic == 3
+
+
+def test_cyclegan_flags_are_its_own(prepared):
+    args = ["train", "--family", "cyclegan", "-d", "demo-celeba", "--dry-run", "--json",
+            "--device", "cpu", "--precision", "fp32"]
+    result = runner.invoke(app, [*args, "--image-size", "32", "--domains", "Blond_Hair,Black_Hair",
+                                 "--lambda-cycle", "5", "--pool-size", "7", "--ngf", "8"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["preset"] == "cyclegan-paper"  # the family's paper preset
+    options = summary["config"]["options"]
+    assert (options["domains"], options["lambda_cycle"], options["pool_size"]) == \
+        ("Blond_Hair,Black_Hair", 5.0, 7)
+    assert summary["model"]["domains"]["names"] == ["Blond_Hair", "Black_Hair"]
+    v1_flag = runner.invoke(app, [*args, "--image-size", "32", "--n-critic", "2"])
+    assert v1_flag.exit_code == 2
+    text = " ".join(v1_flag.output.split())
+    assert "no such option --n-critic for --family cyclegan" in text and "--domains" in text
+    bad = runner.invoke(app, [*args, "--image-size", "32", "--domains", "Male,Blond_Hair"])
+    assert bad.exit_code == 2 and "--domains" in bad.output
+    helptext = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "Options of --family cyclegan" in helptext and "--lambda-cycle FLOAT" in helptext

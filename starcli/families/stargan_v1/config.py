@@ -53,26 +53,37 @@ class StarGANv1Options:
     """The StarGAN v1 objective and networks."""
 
     # Objective
-    adv_loss: str = "wgan-gp"
-    n_critic: int = 5  # D steps per G step
-    lambda_cls: float = 1.0
-    lambda_rec: float = 10.0
-    lambda_gp: float = 10.0  # used only with wgan-gp
-    g_lr: float = 1e-4
-    d_lr: float = 1e-4
+    adv_loss: str = field(default="wgan-gp", metadata={
+        "help": "wgan-gp (paper), lsgan, vanilla or hinge.", "choices": ADV_LOSSES})
+    n_critic: int = field(default=5, metadata={  # D steps per G step
+        "help": "D updates per G update.", "min": 1})
+    lambda_cls: float = field(default=1.0, metadata={
+        "help": "Weight of the domain-classification loss.", "min": 0.0})
+    lambda_rec: float = field(default=10.0, metadata={
+        "help": "Weight of the cycle-reconstruction loss.", "min": 0.0})
+    lambda_gp: float = field(default=10.0, metadata={  # used only with wgan-gp
+        "help": "Weight of the gradient penalty (wgan-gp).", "min": 0.0})
+    g_lr: float = field(default=1e-4, metadata={"help": "Generator learning rate."})
+    d_lr: float = field(default=1e-4, metadata={"help": "Discriminator learning rate."})
     beta1: float = 0.5
     beta2: float = 0.999
 
     # Networks
-    g_conv_dim: int = 64
-    d_conv_dim: int = 64
-    g_repeat_num: int = 6  # residual blocks in G
-    g_down_num: int = 2  # stride-2 convs in G before its residual blocks; image_size must be
-    #                     a multiple of 2**this
-    d_repeat_num: int = 6  # strided convs in D; image_size must be a multiple of 2**this
+    g_conv_dim: int = field(default=64, metadata={"help": "Width of G's first layer.", "min": 1})
+    d_conv_dim: int = field(default=64, metadata={"help": "Width of D's first layer.", "min": 1})
+    g_repeat_num: int = field(default=6, metadata={  # residual blocks in G
+        "help": "Residual blocks in G.", "min": 0})
+    # stride-2 convs in G before its residual blocks; image_size must be a multiple of 2**this
+    g_down_num: int = field(default=2, metadata={
+        "help": "Stride-2 convs in G before its residual blocks (paper: 2).", "min": 1})
+    # strided convs in D; image_size must be a multiple of 2**this
+    d_repeat_num: int = field(default=6, metadata={
+        "help": "Strided convs in D.", "min": 1})
     # Exponential moving average of G's weights (as StarGAN v2), kept beside G and used by
     # samples, translate and eval; 0 = off (the paper), e.g. 0.999 = a ~1,000-step horizon.
-    g_ema: float = 0.0
+    g_ema: float = field(default=0.0, metadata={
+        "help": "Keep a moving average of G's weights with this decay (e.g. 0.999) for "
+                "samples, translate and eval; 0 turns it off.", "min": 0.0, "max": 0.9999999})
 
     # Keeping what is not the target (all off in the paper preset).
     g_blend: bool = field(default=False, metadata={
