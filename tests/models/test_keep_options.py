@@ -1,0 +1,148 @@
+"""The stargan-v1 options that keep what is not the target: the blending generator, the
+identity and mask losses, and D's augmentations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from starcli.config import TrainConfig
+from starcli.errors import ConfigError
+from starcli.families.stargan_v1.networks import Generator, ModelConfig
+from starcli.models.augment import augment, total_variation
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(n: int = 6, size: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=_gen(5))
+
+
+def test_shift_is_an_exact_integer_translation_within_an_eighth():
+    x = _images()
+    y = augment(x, ("shift",), _gen(1))
+    for i in range(len(x)):
+        found = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                want = torch.zeros_like(x[i])
+                src = x[i][:, max(-dy, 0):16 - max(dy, 0), max(-dx, 0):16 - max(dx, 0)]
+                want[:, max(dy, 0):16 - max(-dy, 0), max(dx, 0):16 - max(-dx, 0)] = src
+                if torch.equal(y[i], want):
+                    found.append((dy, dx))
+        assert found, f"image {i} is not a shift of its input by at most 2 pixels"
+    # Per-image draws: not every image gets the same shift.
+    assert not all(torch.equal(y[0] - x[0], y[i] - x[i]) for i in range(1, len(x)))
+
+
+def test_cutout_zeroes_one_square_and_draws_repeat_with_the_generator():
+    x = _images().abs() + 1  # no zeros of its own
+    y = augment(x, ("cutout",), _gen(2))
+    for i in range(len(x)):
+        zero = (y[i] == 0).all(0)
+        rows, cols = zero.any(1).sum(), zero.any(0).sum()
+        assert 0 < zero.sum() <= 16 and rows <= 4 and cols <= 4
+        assert zero.sum() == rows * cols  # a rectangle (a square clipped at the border)
+        assert torch.equal(y[i][:, ~zero], x[i][:, ~zero])
+    assert torch.equal(y, augment(x, ("cutout",), _gen(2)))
+    assert not torch.equal(y, augment(x, ("cutout",), _gen(3)))
+
+
+def test_augment_lets_gradients_through_and_keeps_channels_last():
+    x = _images().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = augment(x, ("colour", "shift", "cutout"), _gen(0))
+    assert y.shape == x.shape and y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="wobble"):
+        augment(x, ("wobble",), _gen(0))
+
+
+def test_total_variation_is_zero_for_flat_masks_only():
+    assert total_variation(torch.full((2, 1, 8, 8), 0.3)).item() == 0
+    assert total_variation(torch.rand(2, 1, 8, 8, generator=_gen(0))).item() > 0
+
+
+def test_blend_generator_returns_its_input_where_the_mask_is_closed():
+    cfg = ModelConfig(image_size=16, c_dim=3, g_conv_dim=8, g_repeat_num=1, d_repeat_num=2,
+                      g_blend=True)
+    G = Generator(cfg).eval()
+    x, c = _images(2), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    with torch.no_grad():
+        out, mask = G(x, c, with_mask=True)
+        assert mask.shape == (2, 1, 16, 16) and 0 <= mask.min() and mask.max() <= 1
+        # Mask starts mostly closed (bias -2) so the output starts near its input.
+        assert mask.mean() < 0.3
+        G.to_mask.bias.fill_(-1e4)
+        assert torch.allclose(G(x, c), x, atol=1e-6)
+        G.to_mask.bias.fill_(1e4)
+        closed_off = G(x, c)
+        assert (closed_off - x).abs().mean() > 0.1 and closed_off.abs().max() <= 1
+    plain = Generator(ModelConfig(image_size=16, c_dim=3, g_conv_dim=8, g_repeat_num=1,
+                                  d_repeat_num=2))
+    assert plain.to_mask is None and plain(x, c, with_mask=True)[1] is None
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items()
+                                  if k != "g_blend"}).g_blend is False  # older checkpoints
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    (dict(d_augment="shift,wobble"), "--d-augment"),
+    (dict(lambda_id=-1.0), "--lambda-id"),
+    (dict(lambda_mask=-0.1), "--lambda-mask"),
+    (dict(g_blend="yes"), "--g-blend"),
+])
+def test_bad_keep_options_name_their_flag(overrides, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig.from_preset("tiny", datasets=("demo-celeba",), **overrides)
+
+
+def test_paper_preset_leaves_every_keep_option_off():
+    opt = TrainConfig.from_preset("paper", datasets=("celeba",)).options
+    assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.augments) == \
+        (False, 0.0, 0.0, 0.0, ())
+
+
+KEEP = dict(g_blend=True, lambda_id=2.0, lambda_mask=0.1, lambda_mask_tv=1e-3,
+            d_augment="shift,cutout", adv_loss="lsgan", n_critic=1)
+
+
+def _cfg(home, run_dir, **overrides) -> TrainConfig:
+    values = dict(datasets=("demo-celeba",), home=str(home), device="cpu", precision="fp32",
+                  run_dir=str(run_dir), iters=6, save_every=3, sample_every=0, log_every=1,
+                  lr_decay_iters=0,  # the schedule then does not depend on --iters
+                  **KEEP)
+    values.update(overrides)
+    return TrainConfig.from_preset("tiny", **values)
+
+
+def test_keep_options_train_log_their_losses_and_resume_exactly(home, make_dataset, tmp_path,
+                                                                 one_thread):
+    from safetensors.torch import load_file
+
+    from starcli.checkpoint import load_checkpoint
+    from starcli.engine import resume_config, train
+
+    make_dataset(home)
+    records: list[dict] = []
+    straight = train(_cfg(home, tmp_path / "straight"), on_log=records.append)
+    assert straight["step"] == 6
+    assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 for r in records)
+    ckpt = load_checkpoint(tmp_path / "straight")
+    assert ckpt.model.g_blend and ckpt.G.to_mask is not None
+
+    train(_cfg(home, tmp_path / "half", iters=3))
+    resumed = train(resume_config(str(tmp_path / "half"), iters=6))
+    assert resumed["resumed_from"] == 3 and resumed["step"] == 6
+    for name in ("G", "D"):
+        a = load_file(str(tmp_path / "straight/checkpoints/step-00000006" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "half/checkpoints/step-00000006" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+
+    # The augmentations are part of what D learns from: without them the run differs.
+    train(_cfg(home, tmp_path / "plain", iters=3, d_augment=""))
+    a = load_file(str(tmp_path / "plain/checkpoints/step-00000003/D.safetensors"))
+    b = load_file(str(tmp_path / "half/checkpoints/step-00000003/D.safetensors"))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
