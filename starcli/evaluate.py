@@ -70,7 +70,8 @@ from starcli.progress import Progress, log, progress_task
 from starcli.runtime import resolve_device
 
 __all__ = ["METRICS", "PAPER_RAFD_ERROR", "FRAME_REACHING", "EvalConfig", "EvalTarget",
-           "evaluate", "targets_for", "default_out_dir", "frame_mask", "identity_l1"]
+           "evaluate", "reachable_targets", "targets_for", "default_out_dir", "frame_mask",
+           "identity_l1"]
 
 METRICS = ("accuracy", "reconstruction", "fid")
 # StarGAN (CVPR 2018), RaFD expression classification error: translated images and real ones.
@@ -147,6 +148,25 @@ class EvalTarget:
     def carried(self, labels: np.ndarray) -> np.ndarray:
         """(N,) bool: which rows (0/1 labels or bool decisions) carry this target."""
         return (np.asarray(labels)[:, self.column] > 0.5) == bool(self.value)
+
+
+def reachable_targets(ckpt: LoadedCheckpoint, space: LabelSpace,
+                      labels: np.ndarray) -> list[EvalTarget]:
+    """`targets_for(space)`, less those the model cannot reach. A model over named domains
+    (CycleGAN: `ckpt.model.domains`) reaches a target only where it moves some test face
+    from one of its domains to the other (Blond_Hair for a Black/Blond pair, not Gray_Hair or
+    Male=1, which it returns unchanged); every other family reaches every target."""
+    targets = targets_for(space)
+    domains = getattr(ckpt.model, "domains", None)
+    if domains is None or not len(labels):
+        return targets
+    own = domains.assign(labels)
+    kept = []
+    for t in targets:
+        moved = domains.assign(t.apply(labels))
+        if ((moved >= 0) & (moved != own) & (own >= 0)).any():
+            kept.append(t)
+    return kept
 
 
 def targets_for(space: LabelSpace) -> list[EvalTarget]:
@@ -313,7 +333,10 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
     if total < 1:
         raise StarcliError(f"{ds.name} has no {cfg.split} images to evaluate; re-run "
                            f"`starcli prepare {ds.name}`.")
-    targets = targets_for(space)
+    targets = reachable_targets(ckpt, space, ds.labels(cfg.split)[:total][:, list(pair.columns)])
+    if not targets:
+        raise StarcliError(f"the checkpoint can reach none of {ds.name}'s targets; evaluate "
+                           "it on the dataset it was trained on.")
     tallies = [_TargetTally(t) for t in targets]
     want_acc = "accuracy" in cfg.metrics
     want_rec = "reconstruction" in cfg.metrics

@@ -215,3 +215,40 @@ def test_translate_on_a_multilabel_dataset_needs_no_labels(home, tmp_path, make_
                                    str(home)])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "out").rglob("*.png"))) == 2
+
+
+def test_eval_scores_only_the_two_directions_of_its_domains(home, tmp_path, make_dataset):
+    import json
+
+    from typer.testing import CliRunner
+
+    from starcli.checkpoint import load_checkpoint
+    from starcli.cli import app
+    from starcli.data.dataset import open_prepared
+    from starcli.engine import train
+    from starcli.evaluate import reachable_targets
+
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    result = train(_cfg(home, tmp_path, iters=2, save_every=2, sample_every=0, domains="Male"))
+    out = tmp_path / "report"
+    res = CliRunner().invoke(app, ["eval", "--checkpoint", result["checkpoint"], "--home",
+                                   str(home), "--device", "cpu", "--classifier-epochs", "1",
+                                   "--metrics", "accuracy,reconstruction", "--out", str(out),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    rows = report["datasets"][0]["targets"]
+    assert [r["target"] for r in json.loads(res.stdout)["targets"]] == ["Male=1", "Male=0"]
+    assert [r["target"] for r in rows] == ["Male=1", "Male=0"]
+    for r in rows:
+        assert 0 <= r["success"] <= 1 and 0 <= r["retention"] <= 1
+        assert 0 < r["identity_l1"] <= 2 and 0 < r["cycle_l1"] <= 2
+    assert (out / "report.md").is_file() and "Male=1" in (out / "report.md").read_text()
+
+    # A hair pair reaches its two colours only, not the other colours or Male.
+    hair = train(_cfg(home, tmp_path / "hair", iters=1, save_every=1, sample_every=0,
+                      domains="Black_Hair,Blond_Hair"))
+    ckpt = load_checkpoint(hair["run_dir"], with_discriminator=False)
+    ds = open_prepared(home, "demo-celeba", 32)
+    names = [t.name for t in reachable_targets(ckpt, ckpt.layout.spaces[0], ds.labels("test"))]
+    assert names == ["Black_Hair", "Blond_Hair"]
