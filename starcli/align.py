@@ -28,11 +28,21 @@ import numpy as np
 
 from starcli.errors import StarcliError
 
-__all__ = ["CELEBA_EYES", "Face", "Alignment", "FaceAligner", "alignment_for", "paste_back",
-           "cascade_path"]
+__all__ = ["CELEBA_EYES", "celeba_eyes", "Face", "Alignment", "FaceAligner", "alignment_for",
+           "paste_back", "cascade_path"]
 
 # (left eye, right eye) as fractions of the crop side; "left" is the image's left.
 CELEBA_EYES = ((69 / 178, 91 / 178), (108 / 178, 91 / 178))
+
+
+def celeba_eyes(fraction: float = 1.0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Where CelebA's eyes sit in the centred square that is `fraction` of the 178 square
+    (prepare's --crop 150 on CelebA files is 150/178): the same face, cut tighter."""
+    f = min(1.0, max(1e-3, float(fraction)))
+    margin = (1 - f) / 2
+    return tuple(((x - margin) / f, (y - margin) / f) for x, y in CELEBA_EYES)  # type: ignore
+
+
 # Where the eyes sit inside an OpenCV frontal-face box (fractions of its width and height);
 # used when the eye cascade does not find both eyes.
 _BOX_EYES = ((0.31, 0.40), (0.69, 0.40))

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from starcli.align import Alignment, FaceAligner, paste_back
+from starcli.align import Alignment, FaceAligner, celeba_eyes, paste_back
 from starcli.checkpoint import LoadedCheckpoint, load_checkpoint, read_meta, resolve_checkpoint
 from starcli.config import PRECISIONS
 from starcli.data.labels import LabelLayout
@@ -42,9 +42,9 @@ from starcli.errors import CheckpointError, ConfigError, StarcliError, UsageErro
 from starcli.families import get_family
 from starcli.imaging import (
     DEFAULT_MAX_PIXELS,
+    Framings,
     ImageSkipped,
     InputFile,
-    centre_square,
     load_image,
     walk_inputs,
 )
@@ -53,7 +53,7 @@ from starcli.runtime import resolve_device, resolve_precision
 from starcli.targets import Target, parse_targets, read_labels_csv
 from starcli.utils import atomic_write_bytes
 
-__all__ = ["TranslateConfig", "TranslateResult", "translate", "resize_square", "GRID_DIR"]
+__all__ = ["TranslateConfig", "TranslateResult", "translate", "GRID_DIR"]
 
 FORMATS = ("png", "jpg")
 MANIFESTS = ("jsonl", "csv")
@@ -81,6 +81,7 @@ class TranslateConfig:
     labels: Path | None = None  # CSV of the inputs' own labels (file + one 0/1 column each)
     mix_label_spaces: bool = False  # allow one spec to set labels of two datasets
     align: bool = False  # detect and crop the face like CelebA's aligned images
+    crop: int | None = None  # centre square N px wide instead of the model's recipe
     paste_back: bool = False  # blend the translated face into the original photo (needs align)
     workers: int = 0  # decode/encode threads; 0: automatic
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped (decompression bombs)
@@ -107,6 +108,8 @@ class TranslateConfig:
                               "put back where it came from).")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 (automatic) or more, got {self.workers}.")
+        if self.crop is not None and self.crop < 1:
+            raise ConfigError(f"--crop must be a positive number of pixels, got {self.crop}.")
         if self.max_pixels < 1:
             raise ConfigError("the pixel limit must be positive.")
 
@@ -139,14 +142,6 @@ class TranslateResult:
 
 
 # --------------------------------------------------------------------------- image helpers
-
-
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """A square image resized to size x size (area averaging when shrinking)."""
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return np.ascontiguousarray(rgb)
-    interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
 
 
 _JPEG_MAX_SIDE = 65500  # libjpeg's limit
@@ -194,6 +189,7 @@ class _Loaded:
     crop: np.ndarray  # (S, S, 3) uint8
     original: np.ndarray | None  # the full photo, for paste-back
     alignment: Alignment | None
+    framing: str = ""  # how the model input was cut from the file (manifest "framing")
 
 
 def _check_out_dir(out: Path, inputs: Sequence[Path]) -> None:
@@ -341,7 +337,8 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
             "pass --labels FILE.csv, or name every label in --to.")
 
     model = get_family(ckpt.family).translator(ckpt, device, precision)
-    aligner = FaceAligner(size) if cfg.align else None
+    framings = Framings.from_meta(ckpt.meta.get("datasets"), size, cfg.crop)
+    aligner = _aligner(framings, size, cfg.crop) if cfg.align else None
 
     # Plan: every candidate gets a manifest row; work only where outputs are missing.
     items, walk_skipped = walk_inputs(inputs)
@@ -399,7 +396,7 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
     n_workers = cfg.workers or min(8, max(2, os.cpu_count() or 2))
     try:
         if jobs:
-            translated, written = _run(jobs, cfg, model, layout, targets, needed, size,
+            translated, written = _run(jobs, cfg, model, layout, targets, needed, framings,
                                        aligner, n_workers, progress)
     except BaseException:
         try:
@@ -427,14 +424,24 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
         images_per_s=translated / seconds if seconds > 0 else 0.0, notes=notes)
 
 
-def _prepare(job: _Job, size: int, aligner: FaceAligner | None, keep_original: bool,
-             max_pixels: int) -> _Loaded | str:
+def _aligner(framings: Framings, size: int, crop: int | None) -> FaceAligner:
+    """A face aligner that cuts CelebA's framing (the centre 178 square of the 178x218
+    aligned files), then the model's CelebA-format recipe within it (`--crop N`: N of those
+    178 pixels)."""
+    recipe = framings.celeba()
+    fraction = (min(1.0, crop / 178) if crop else
+                recipe.fraction if recipe is not None and recipe.fraction else 1.0)
+    return FaceAligner(size, eyes=celeba_eyes(fraction))
+
+
+def _prepare(job: _Job, framings: Framings, aligner: FaceAligner | None,
+             keep_original: bool, max_pixels: int) -> _Loaded | str:
     """Decode and crop one input (runs in a worker thread); a string is a skip reason."""
     try:
-        rgb = load_image(job.item.path, max_pixels=max_pixels,
-                         draft=None if aligner else 2 * size)
         if aligner is None:
-            return _Loaded(resize_square(centre_square(rgb), size), None, None)
+            crop, how = framings.load(job.item.path, max_pixels, loader=load_image)
+            return _Loaded(crop, None, None, how)
+        rgb = load_image(job.item.path, max_pixels=max_pixels)
         found = aligner.align(rgb)
     except ImageSkipped as exc:
         return exc.reason
@@ -443,7 +450,7 @@ def _prepare(job: _Job, size: int, aligner: FaceAligner | None, keep_original: b
     if found is None:
         return "no face found (run without --align to translate the whole image)"
     crop, where = found
-    return _Loaded(crop, rgb if keep_original else None, where)
+    return _Loaded(crop, rgb if keep_original else None, where, "aligned face, CelebA framing")
 
 
 def _failure(what: str, exc: BaseException) -> str:
@@ -488,7 +495,7 @@ def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], slugs: Seq
 
 
 def _run(jobs: list[_Job], cfg: TranslateConfig, model: Any, layout: LabelLayout,
-         targets: Sequence[Target], needed: Sequence[int], size: int,
+         targets: Sequence[Target], needed: Sequence[int], framings: Framings,
          aligner: FaceAligner | None, n_workers: int,
          progress: Progress | None) -> tuple[int, int]:
     slugs = [t.slug for t in targets]
@@ -506,8 +513,8 @@ def _run(jobs: list[_Job], cfg: TranslateConfig, model: Any, layout: LabelLayout
                 job = next(queue, None)
                 if job is None:
                     return
-                loads.append((job, pool.submit(_prepare, job, size, aligner, cfg.paste_back,
-                                               cfg.max_pixels)))
+                loads.append((job, pool.submit(_prepare, job, framings, aligner,
+                                               cfg.paste_back, cfg.max_pixels)))
 
         def drain(block: bool, limit: int = 0) -> None:
             nonlocal written, translated
@@ -601,6 +608,8 @@ def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: Any,
     results = []
     for i, (job, loaded) in enumerate(batch):
         job.row["source_labels"] = _label_dict(layout, targets, source[i])
+        if loaded.framing:
+            job.row["framing"] = loaded.framing
         if loaded.alignment is not None:
             job.row["face"] = loaded.alignment.face.to_dict()
         results.append({slug: outputs[slug][i] for slug in slugs})

@@ -61,6 +61,10 @@ def translate(
     align: Annotated[bool, typer.Option(
         "--align", help="Own photos: detect the largest face and crop it like CelebA's "
                         "aligned images.")] = False,
+    crop: Annotated[int | None, typer.Option(
+        "--crop", min=1, help="Cut the centre square this many pixels wide (with --align: of "
+                              "the 178-pixel CelebA frame) instead of the framing the model "
+                              "was trained with.")] = None,
     paste_back: Annotated[bool, typer.Option(
         "--paste-back", help="With --align: blend the translated face back into the "
                              "original photo at its own resolution.")] = False,
@@ -91,8 +95,8 @@ def translate(
         checkpoint=Path(checkpoint).expanduser() if checkpoint else None, out=out,
         batch_size=batch_size, device=device, precision=precision, format=fmt.lower(),
         jpeg_quality=jpeg_quality, grid=grid, overwrite=overwrite, manifest=manifest.lower(),
-        labels=labels, mix_label_spaces=mix_label_spaces, align=align, paste_back=paste_back,
-        workers=workers, home=home)
+        labels=labels, mix_label_spaces=mix_label_spaces, align=align, crop=crop,
+        paste_back=paste_back, workers=workers, home=home)
     with RichProgress() as progress:
         result = run_translate(cfg, progress=progress)
     parts = [f"[green]✓[/] translated {result.translated} image"

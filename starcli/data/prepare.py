@@ -51,7 +51,13 @@ from starcli.errors import (
     StarcliError,
     UsageError,
 )
-from starcli.imaging import DEFAULT_MAX_PIXELS, printable_path
+from starcli.imaging import (
+    DEFAULT_MAX_PIXELS,
+    Framing,
+    cut_square,
+    jpeg_reduction,
+    printable_path,
+)
 from starcli.paths import prepared_dir, raw_dir
 from starcli.progress import Progress, log, progress_task
 from starcli.utils import atomic_write_json, fsync_path
@@ -151,6 +157,7 @@ class _Plan:
     source: dict[str, Any]
     skipped: list[dict[str, str]]  # found while planning (missing files, bad names, ...)
     filtered: int = 0  # rows left out on purpose (rafd angle/gaze filters)
+    source_size: tuple[int, int] | None = None  # (width, height) of every file; None: varied
 
 
 def _selected(names: Sequence[str], wanted: Sequence[str] | None, flag: str = "--attrs"
@@ -269,7 +276,13 @@ def _plan_celeba(cfg: PrepareConfig, spec: DatasetSpec, registry_aliases) -> _Pl
                               _aliases(spec.format, registry_aliases))
     return _Plan(dataset=spec.name, format=spec.format, base=images,
                  crop=cfg.crop or spec.default_crop or 178, splits=splits, label_table=table,
-                 source={"raw_dir": str(raw), "split_mode": cfg.split}, skipped=skipped)
+                 source={"raw_dir": str(raw), "split_mode": cfg.split}, skipped=skipped,
+                 source_size=_width_height(spec))
+
+
+def _width_height(spec: DatasetSpec) -> tuple[int, int] | None:
+    """The registry's (height, width) of a dataset's files as (width, height)."""
+    return (spec.image_size[1], spec.image_size[0]) if spec.image_size else None
 
 
 def _check_official_counts(spec: DatasetSpec, splits: dict[str, _Split], lines: int) -> None:
@@ -376,7 +389,8 @@ def _plan_rafd(cfg: PrepareConfig, spec: DatasetSpec, registry_aliases) -> _Plan
               "test_fraction": None if cfg.test_subjects else cfg.test_fraction}
     return _Plan(dataset=spec.name, format=spec.format, base=raw,
                  crop=cfg.crop or spec.default_crop or 256, splits=splits, label_table=table,
-                 source=source, skipped=skipped, filtered=filtered)
+                 source=source, skipped=skipped, filtered=filtered,
+                 source_size=_width_height(spec))
 
 
 def _walk_images(root: Path) -> Iterator[Path]:
@@ -627,23 +641,6 @@ def _check_pixels(w: int, h: int) -> None:
         raise _Skip(f"too large: {w}x{h} = {_megapixels(w * h)}, {_LIMIT}")
 
 
-def _crop_box(w: int, h: int, crop: int | None) -> tuple[int, int, int]:
-    """(left, top, side) of the centred square: `crop` wide, or the largest that fits."""
-    side = min(w, h) if crop is None else min(crop, w, h)
-    return (w - side) // 2, (h - side) // 2, side
-
-
-def _reduction(w: int, h: int, crop: int | None, size: int) -> int:
-    """JPEG DCT scaling (1/2, 1/4, 1/8) for small outputs. The crop must keep at least twice
-    `size` pixels at that scale: closer to `size`, scaled decoding drifts visibly from a
-    full-size area resize (measured: mean abs error 2.5/255 at 64 px from 178 with r=2)."""
-    side = _crop_box(w, h, crop)[2]
-    for r in (8, 4, 2):
-        if side // r >= 2 * size:
-            return r
-    return 1
-
-
 _CV2_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
                 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
@@ -657,7 +654,7 @@ def _decode(data: bytes, crop: int | None, size: int
     if info is not None and info[0] in (1, 3):
         _, h, w = info
         _check_pixels(w, h)
-        r = _reduction(w, h, crop, size)
+        r = jpeg_reduction(w, h, crop, size)
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_REDUCED[r])
         if arr is not None:
             if arr.shape[:2] != (-(-h // r), -(-w // r)):  # EXIF rotated by 90 degrees
@@ -669,7 +666,7 @@ def _decode(data: bytes, crop: int | None, size: int
             _check_pixels(w, h)
             r = 1
             if im.format == "JPEG":
-                r = _reduction(w, h, crop, size)
+                r = jpeg_reduction(w, h, crop, size)
                 if r > 1:
                     im.draft(None, (-(-w // r), -(-h // r)))
                     r = next((k for k in (8, 4, 2) if -(-w // k) == im.width), 1)
@@ -759,16 +756,7 @@ def _load(path: str, crop: int | None, size: int, times: list[float]) -> np.ndar
         raise _Skip("empty file")
     arr, bgr, r, (h, w) = _decode(data, crop, size)
     t1 = time.process_time()
-    left, top, side = _crop_box(w, h, crop)
-    if r == 1:
-        arr = arr[top:top + side, left:left + side]
-        if side != size:
-            arr = cv2.resize(arr, (size, size), interpolation=cv2.INTER_AREA)
-    else:
-        # Decoded at 1/r: the full-size crop box in reduced pixels is fractional; PIL's box
-        # filter (area averaging, like INTER_AREA) takes it exactly.
-        box = (left / r, top / r, (left + side) / r, (top + side) / r)
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BOX, box=box))
+    arr = cut_square(arr, r, w, h, crop, size)
     if bgr:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     times[0] += t1 - t0
@@ -1222,6 +1210,9 @@ def _manifest(cfg: PrepareConfig, plan: _Plan, out: Path, jobs: list[_Job],
         "preprocess": {"crop": "center" if crop_size else "center-square",
                        "crop_size": crop_size, "resize": cfg.size,
                        "interp": "area/antialiased"},
+        # What translate repeats on raw files of this dataset (imaging.Framing).
+        "framing": Framing(dataset=plan.dataset, format=plan.format, source=plan.source_size,
+                           crop=crop_size, size=cfg.size).to_dict(),
         "source": plan.source, "label_table": plan.label_table, "splits": splits,
         "shards": shards, "skipped": skipped,
         "stats": {"seconds": round(seconds, 3),

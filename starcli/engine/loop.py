@@ -421,7 +421,9 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
         "model": plan.model.to_dict(), "labels": layout.to_dict(),
         "train": cfg.replace(resume=None, run_dir=str(run_dir)).to_dict(),
         "datasets": [{"name": d.name, "image_size": d.image_size,
-                      "content": d.content_digest()} for d in datasets],
+                      "content": d.content_digest(),
+                      # how prepare framed its files: translate repeats it on raw files
+                      "framing": d.manifest.get("framing")} for d in datasets],
         "precision": rt.precision,
     }
     inference = {**modules, **averages}  # what samples use: the averages where kept

@@ -171,6 +171,7 @@ def import_stargan_v1(g_path: Path, d_path: Path | None, attrs: Sequence[str],
     """
     from starcli import __version__
     from starcli.checkpoint import save_checkpoint
+    from starcli.imaging import Framing
 
     if not force:
         _refuse_occupied(Path(out))
@@ -201,7 +202,12 @@ def import_stargan_v1(g_path: Path, d_path: Path | None, attrs: Sequence[str],
         imported.update(D=Path(d_path).name, D_sha256=_sha256(Path(d_path)))
     meta = {"family": "stargan-v1", "model": model_cfg.to_dict(), "labels": layout.to_dict(),
             "train": {},
-            "datasets": [], "has_discriminator": d_state is not None, "imported": imported,
+            # The official recipe: centre 178x178 square of the 178x218 aligned CelebA files.
+            "datasets": [{"name": "celeba", "image_size": image_size, "content": None,
+                          "framing": Framing(dataset="celeba", format="celeba",
+                                             source=(178, 218), crop=178,
+                                             size=image_size).to_dict()}],
+            "has_discriminator": d_state is not None, "imported": imported,
             "starcli": __version__}
     path = save_checkpoint(Path(out), step, modules, meta, state=None, keep_last=1)
     log(progress, f"imported {g_path.name}{' + ' + Path(d_path).name if d_path else ''} "
