@@ -1,0 +1,1 @@
+"""StarGAN v2 (Choi et al., CVPR 2020): diverse image synthesis for multiple domains."""
