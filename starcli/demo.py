@@ -9,8 +9,10 @@ The demo runs, in order, what a user would type by hand (each `DemoStep.command`
 2. ``starcli prepare demo-celeba`` (hair colours, Male, Young, Smiling) and
    ``starcli prepare demo-rafd`` at the demo preset's image size.
 3. ``starcli train --joint --datasets demo-celeba,demo-rafd --preset demo``.
-4. Export a few held-out (test split) faces of each dataset to ``<out>/faces/`` as JPEG files,
-   then ``starcli translate <out>/faces`` to several targets, ``--to Smiling`` among them.
+4. Copy a few held-out (test split) raw files of each dataset to ``<out>/faces/`` (the JPEGs
+   as drawn, 178x218 and 256x320), then ``starcli translate <out>/faces`` to several targets,
+   ``--to Smiling`` among them; translate frames each file with the recipe the model was
+   trained with. ``<out>/translated/grid.png`` shows them all side by side.
 5. ``starcli eval``: success per target judged by a separately trained classifier, and the
    cycle-reconstruction error, with report.md and sample grids.
 
@@ -59,7 +61,6 @@ MIX = (1.0, 3.0)
 TRANSLATE_TARGETS = ("Blond_Hair", "Male=flip", "Smiling", "happy", "surprised")
 MARKER = ".starcli-demo.json"  # marks <out> as a demo folder whose outputs a rerun may replace
 OUTPUTS = ("run", "faces", "translated", "report")
-_FACE_VIEW = 128  # exported faces are enlarged (nearest neighbour) to at least this many pixels
 
 
 @dataclass(frozen=True)
@@ -160,33 +161,67 @@ def _claim_out(out: Path) -> None:
 
 
 def _export_faces(home: Path, size: int, per_dataset: int, faces_dir: Path) -> list[Path]:
-    """Evenly spaced test-split faces of each demo dataset as JPEGs under faces/<dataset>/.
+    """Copies of evenly spaced test-split raw files of each demo dataset (the 178x218 and
+    256x320 JPEGs exactly as drawn) under faces/<dataset>/: translate then frames them with
+    the recipe the model was trained with, as it would a user's own copy of the data."""
+    from starcli.data.dataset import open_prepared
+    from starcli.data.registry import load_registry
+    from starcli.paths import raw_dir
 
-    The prepared pixels are enlarged by an integer factor with nearest-neighbour sampling, so
-    `translate`'s area resize gives the model back (up to JPEG rounding) what eval sees."""
-    from PIL import Image
-
-    from starcli.data.dataset import iterate_split, open_prepared
-
+    registry = load_registry(home)
     written: list[Path] = []
-    scale = max(1, _FACE_VIEW // size)
     for name in DEMO_DATASETS:
         ds = open_prepared(home, name, size)
-        images = np.concatenate([b[0] for b in iterate_split(ds, "test", batch_size=256)])
-        rows = np.unique(np.linspace(0, len(images) - 1, min(per_dataset, len(images)))
+        names = ds.source_names("test")
+        rows = np.unique(np.linspace(0, len(names) - 1, min(per_dataset, len(names)))
                          .round().astype(int))
+        images = raw_dir(home, name) / registry.get(name).image_dir
         folder = faces_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         for row in rows:
-            img = Image.fromarray(images[row])
-            if scale > 1:
-                img = img.resize((size * scale, size * scale), Image.NEAREST)
-            path = folder / f"{name}-test-{row:04d}.jpg"
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=95)
-            atomic_write_bytes(path, buf.getvalue(), durable=False)
+            source = images / names[row]
+            path = folder / Path(names[row]).name
+            atomic_write_bytes(path, source.read_bytes(), durable=False)
             written.append(path)
     return written
+
+
+def _contact_sheet(translated: Path, manifest: Path, specs: tuple[str, ...],
+                   path: Path) -> Path | None:
+    """One picture of the demo's translations: a row per face with the raw file (scaled to
+    the row's height), the model's input and each target, under a header naming them;
+    tiles are translate's grid strips (nearest-neighbour enlarged). None when there are none."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r.get("grid") and (translated / r["grid"]).is_file()]
+    if not rows:
+        return None
+    strips = [Image.open(translated / r["grid"]).convert("RGB") for r in rows]
+    tile = strips[0].height
+    raws = []
+    for r in rows:
+        with Image.open(r["input"]) as im:
+            im = im.convert("RGB")
+            raws.append(im.resize((max(1, round(im.width * tile / im.height)), tile),
+                                  Image.LANCZOS))
+    raw_w = max(im.width for im in raws)
+    font = ImageFont.load_default()
+    header, gap = 16, 4
+    width = raw_w + gap + max(s.width for s in strips)
+    sheet = Image.new("RGB", (width, header + len(rows) * (tile + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, title in enumerate(("raw file", "model input", *specs)):
+        x = 2 if i == 0 else raw_w + gap + (i - 1) * tile + 2
+        draw.text((x, 2), title, fill="black", font=font)
+    for k, (raw, strip) in enumerate(zip(raws, strips, strict=True)):
+        y = header + k * (tile + gap)
+        sheet.paste(raw, (0, y))
+        sheet.paste(strip, (raw_w + gap, y))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
+    return path
 
 
 def _resolutions(checkpoint: Path, home: Path, specs: tuple[str, ...]) -> list[dict[str, str]]:
@@ -290,7 +325,8 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
     run_dir = Path(trained["run_dir"])
 
     # 3. Translate held-out faces.
-    t = step(5, f"Export {cfg.faces} held-out test faces per dataset to {out / 'faces'}", None)
+    t = step(5, f"Copy {cfg.faces} held-out raw test files per dataset to {out / 'faces'}",
+             None)
     faces = _export_faces(home, size, cfg.faces, out / "faces")
     timer.add("faces", t)
 
@@ -308,6 +344,8 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
         inputs=(out / "faces",), targets=TRANSLATE_TARGETS, checkpoint=run_dir,
         out=out / "translated", grid=True, device=cfg.device, home=cfg.home),
         progress=progress)
+    grid = _contact_sheet(translated.out, translated.manifest, TRANSLATE_TARGETS,
+                          out / "translated" / "grid.png")
     timer.add("translate", t)
 
     # 4. Measure.
@@ -336,6 +374,9 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
                                                "precision", "samples")},
         "faces": {"dir": str(out / "faces"), "files": [str(p) for p in faces]},
         "translate": {"out": str(translated.out), "grids": str(translated.out / "_grid"),
+                      "grid": str(grid) if grid else None,
+                      "grid_files": sorted(str(p) for p in
+                                           (translated.out / "_grid").rglob("*.png")),
                       "manifest": str(translated.manifest),
                       "translated": translated.translated, "targets": resolved},
         "report": {"dir": str(out / "report"), "markdown": files.get("markdown"),

@@ -53,11 +53,15 @@ from starcli.runtime import resolve_device, resolve_precision
 from starcli.targets import Target, parse_targets, read_labels_csv
 from starcli.utils import atomic_write_bytes
 
-__all__ = ["TranslateConfig", "TranslateResult", "translate", "GRID_DIR"]
+__all__ = ["TranslateConfig", "TranslateResult", "translate", "GRID_DIR", "GRID_MIN_TILE",
+           "enlarge"]
 
 FORMATS = ("png", "jpg")
 MANIFESTS = ("jsonl", "csv")
 GRID_DIR = "_grid"
+# Grid tiles smaller than this are enlarged by a whole factor, nearest neighbour (a 32 px model
+# gives 128 px tiles): big enough to see, and every model pixel stays one visible block.
+GRID_MIN_TILE = 128
 # G call size cap, in pixels: 64 images at 128 px (16 at 256 px).
 _G_PIXELS_PER_CALL = 64 * 128 * 128
 
@@ -75,7 +79,8 @@ class TranslateConfig:
     precision: str = "auto"  # auto: bf16 where the hardware runs it natively, else fp32
     format: str = "png"  # png (lossless, the default: JPEG artefacts change metrics) or jpg
     jpeg_quality: int = 95
-    grid: bool = False  # also write <out>/_grid/<name>: input + every target side by side
+    grid: bool = False  # also write <out>/_grid/<name>: input + every target side by side,
+    # enlarged (nearest neighbour) to tiles of at least GRID_MIN_TILE pixels
     overwrite: bool = False  # rewrite outputs that already exist
     manifest: str = "jsonl"  # jsonl or csv
     labels: Path | None = None  # CSV of the inputs' own labels (file + one 0/1 column each)
@@ -142,6 +147,13 @@ class TranslateResult:
 
 
 # --------------------------------------------------------------------------- image helpers
+
+
+def enlarge(rgb: np.ndarray, minimum: int = GRID_MIN_TILE) -> np.ndarray:
+    """`rgb` enlarged by the smallest whole factor that makes its height at least `minimum`
+    (nearest neighbour: no blur, each pixel a square block); unchanged when tall enough."""
+    k = max(1, -(-minimum // max(1, rgb.shape[0])))
+    return rgb if k == 1 else np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
 
 
 _JPEG_MAX_SIDE = 65500  # libjpeg's limit
@@ -482,7 +494,8 @@ def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], slugs: Seq
             _write_atomic(job.outputs[slug], _encode(image, cfg.format, cfg.jpeg_quality))
             done.append(slug)
         if job.grid_todo and job.grid is not None:
-            strip = np.concatenate([loaded.crop] + [results[s] for s in slugs], axis=1)
+            strip = enlarge(np.concatenate([loaded.crop] + [results[s] for s in slugs],
+                                           axis=1))
             _write_atomic(job.grid, _encode(strip, cfg.format, cfg.jpeg_quality))
             done.append(GRID_DIR)
     except OSError as exc:

@@ -48,6 +48,20 @@ def test_demo_quick_runs_every_step(tmp_path: Path) -> None:
     for slug in slugs:
         assert len(list((out / "translated" / slug).rglob("*.png"))) == len(faces)
     assert len(list((out / "translated" / "_grid").rglob("*.png"))) == len(faces)
+    # The faces are the raw test files as drawn (not prepared crops), each framed by the
+    # recipe of its dataset; one labelled contact sheet shows them all at a visible size.
+    from PIL import Image
+
+    sizes = {Image.open(p).size for p in faces}
+    assert sizes == {(178, 218), (256, 320)}
+    rows = [json.loads(line) for line in
+            Path(result["translate"]["manifest"]).read_text().splitlines()]
+    framed = {Path(r["input"]).parent.name: r["framing"] for r in rows}
+    assert framed["demo-celeba"].startswith("demo-celeba: centre 150px square of 178x218")
+    assert framed["demo-rafd"].startswith("demo-rafd: centre 200px square of 256x320")
+    sheet = Image.open(result["translate"]["grid"])
+    assert sheet.height >= len(faces) * 128
+    assert len(result["translate"]["grid_files"]) == len(faces)
     smiling = next(t for t in result["translate"]["targets"] if t["spec"] == "Smiling")
     assert smiling["labels"] == "demo-celeba:Smiling"  # a selected CelebA attribute wins
 

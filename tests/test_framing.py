@@ -26,17 +26,6 @@ from starcli.translate import TranslateConfig, translate
 SIZE = 32
 
 
-def _source_names(ds, split: str = "test") -> list[str]:
-    import h5py
-
-    names: list[str] = []
-    for shard in sorted(ds.shards(split)):
-        with h5py.File(shard, "r") as f:
-            names += [n.decode() if isinstance(n, bytes) else str(n)
-                      for n in f["index/source_name"][()]]
-    return names
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """demo-celeba (crop 150) and demo-rafd (crop 200) prepared at 32 px from raw files."""
@@ -52,7 +41,7 @@ def data(tmp_path_factory):
 def _raw_and_prepared(home: Path, name: str, folder: str = ""):
     ds = open_prepared(home, name, SIZE)
     images = np.concatenate([b[0] for b in iterate_split(ds, "test", batch_size=256)])
-    names = _source_names(ds)
+    names = ds.source_names("test")
     assert len(names) == len(images) > 0
     return ds, [home / "raw" / name / folder / n for n in names], images
 

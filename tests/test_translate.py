@@ -20,6 +20,7 @@ from starcli.families.stargan_v1.translator import Translator as InferenceModel
 from starcli.families.stargan_v1.translator import estimate_labels
 from starcli.translate import (
     GRID_DIR,
+    GRID_MIN_TILE,
     TranslateConfig,
     translate,
 )
@@ -159,7 +160,8 @@ def test_relative_paths_grid_jpg_and_csv_manifest(tmp_path, ckpt):
     assert (out / "Blond_Hair" / "a" / "b" / "img1.jpg").is_file()
     assert (out / "Young=0" / "img0.jpg").is_file()
     grid = read_rgb(out / GRID_DIR / "a" / "b" / "img0.jpg")
-    assert grid.shape == (SIZE, SIZE * 3, 3)
+    k = -(-GRID_MIN_TILE // SIZE)  # small models' tiles are enlarged, nearest neighbour
+    assert grid.shape == (SIZE * k, SIZE * 3 * k, 3)
     text = result.manifest.read_text().splitlines()
     assert result.manifest.name == "manifest.csv"
     assert text[0].startswith("input,relative,status,reason,target,spec,output")
@@ -330,7 +332,9 @@ def test_align_and_paste_back_keep_the_original_resolution(tmp_path, ckpt):
     assert out.shape == photo.shape
     assert (out[:30, :30] == photo[:30, :30]).all()  # far from the face: untouched
     assert np.abs(out.astype(int) - photo).max() > 30  # the face was replaced
-    assert read_rgb(tmp_path / "out" / GRID_DIR / "portrait.png").shape == (SIZE, 2 * SIZE, 3)
+    k = -(-GRID_MIN_TILE // SIZE)
+    assert read_rgb(tmp_path / "out" / GRID_DIR / "portrait.png").shape == \
+        (SIZE * k, 2 * SIZE * k, 3)
     rows = {Path(r["input"]).name: r for r in manifest_rows(result.manifest)}
     assert rows["portrait.png"]["face"]["faces_found"] == 1
     assert "no face found" in rows["wall.png"]["reason"]

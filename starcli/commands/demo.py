@@ -145,8 +145,11 @@ def _print_result(result: dict[str, Any]) -> None:
                   f"{train['device']}, {train['precision']})")
     if train.get("samples"):
         console.print(f"  training samples: {train['samples']}")
-    console.print(f"  translations:     {result['translate']['grids']} (side by side) and "
-                  f"{result['translate']['out']}/<target>/")
+    if result["translate"].get("grid"):
+        console.print(f"  look at this:     {result['translate']['grid']} (raw test files, the "
+                      "model's input and every target, side by side)")
+    console.print(f"  translations:     {result['translate']['out']}/<target>/ (per-face strips "
+                  f"in {result['translate']['grids']})")
     report = result["report"]
     for path in (report.get("samples") or {}).values():
         console.print(f"  eval samples:     {path}")

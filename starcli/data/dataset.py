@@ -144,6 +144,18 @@ class PreparedDataset:
     def _counts(self, split: str) -> list[int]:
         return [int(s["count"]) for s in self._entries(split)]
 
+    def source_names(self, split: str) -> list[str]:
+        """The source file of every row of `split` (relative to the dataset's image folder,
+        as prepare recorded it in each shard's index/source_name), in row order."""
+        import h5py
+
+        names: list[str] = []
+        for path in self.shards(split):
+            with h5py.File(path, "r", locking=False) as f:
+                names += [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+                          for n in f["index/source_name"][()]]
+        return names
+
     def labels(self, split: str) -> np.ndarray:
         """(n, space.width) float32 labels of the selected names, in row order."""
         cached = self._labels.get(split)
