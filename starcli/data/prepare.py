@@ -410,24 +410,10 @@ def _random_test(names: list[str], fraction: float, salt: str) -> set[str]:
     return set(random.Random(f"{SPLIT_SEED}:{salt}").sample(sorted(names), k))
 
 
-def _plan_folder(cfg: PrepareConfig) -> _Plan:
-    if cfg.angles or cfg.gazes or cfg.test_subjects:
-        raise ConfigError("--angles, --gazes and --test-subjects apply to RaFD-format datasets.")
-    csv_path = Path(cfg.labels_csv).expanduser() if cfg.labels_csv else None
-    src = Path(cfg.source).expanduser() if cfg.source else (csv_path.parent if csv_path else None)
-    if src is None or not src.is_dir():
-        raise UsageError(f"PATH {src}: not a folder. Pass the folder that holds the images.")
-    src = src.resolve()
-    if csv_path is not None:
-        return _plan_csv(cfg, src, csv_path)
-    if cfg.attrs is not None:
-        raise ConfigError("--attrs applies to CelebA-format datasets and to --labels CSV files; "
-                          f"{src} is labelled by its sub-folder names.")
+def _walk_domains(src: Path) -> tuple[list[str], dict[str, list[str]], list[dict[str, str]]]:
+    """(domain folder names in sorted order, their image files relative to `src`, skipped
+    entries) for a folder with one sub-folder per domain."""
     subdirs = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if subdirs and set(subdirs) <= FOLDER_SPLIT_NAMES:
-        inner = src / ("train" if "train" in subdirs else subdirs[0])
-        raise UsageError(f"{src} holds only {'/'.join(subdirs)} sub-folders; pass {inner} "
-                         "instead (a folder with one sub-folder per domain).")
     # Real folders first: a link is judged against the domains they make.
     found_in = {d: sorted(p.relative_to(src).as_posix() for p in _walk_images(src / d))
                 for d in subdirs if not (src / d).is_symlink()}
@@ -447,24 +433,86 @@ def _plan_folder(cfg: PrepareConfig) -> _Plan:
         elif found:
             domains.append(d)
             files[d] = found
+    return domains, files, skipped
+
+
+def _plan_split_folders(cfg: PrepareConfig, src: Path, subdirs: list[str]) -> _Plan:
+    """A root with train/ and val/ (or test/) folders, each with one sub-folder per domain
+    (the StarGAN v2 layout of CelebA-HQ and AFHQ): that split is kept, and the domains are
+    train/'s sub-folders in sorted order (the official label order)."""
+    if "train" not in subdirs:
+        raise UsageError(f"{src} holds only {'/'.join(subdirs)} sub-folders and no train/; "
+                         "pass the folder with one sub-folder per domain instead.")
+    held = [d for d in subdirs if d != "train"]
+    if len(held) > 1:
+        raise UsageError(f"{src} holds {' and '.join(d + '/' for d in held)}; keep one of them "
+                         "as the held-out split (or pass train/ alone for a random split).")
+    domains, train_files, skipped = _walk_domains(src / "train")
     if not domains:
-        raise UsageError(f"{src} has no sub-folders with images; make one sub-folder per domain "
-                         "(e.g. smiling/, neutral/) or pass --labels FILE.csv.")
+        raise UsageError(f"{src / 'train'} has no sub-folders with images; make one sub-folder "
+                         "per domain (e.g. train/cat/, train/dog/).")
+    rows: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for i, d in enumerate(domains):
+        rows["train"] += [(f"train/{rel}", i) for rel in train_files[d]]
+    for entry in skipped:
+        entry["file"] = f"train/{entry['file']}"
+    if held:
+        test_domains, test_files, test_skipped = _walk_domains(src / held[0])
+        extra = [d for d in test_domains if d not in domains]
+        if extra:
+            raise UsageError(f"{src / held[0] / extra[0]} is a domain that {src / 'train'} does "
+                             f"not have ({', '.join(domains)}); the held-out split must use "
+                             "the training domains.")
+        for i, d in enumerate(domains):
+            rows["test"] += [(f"{held[0]}/{rel}", i) for rel in test_files.get(d, [])]
+        skipped += [{**e, "file": f"{held[0]}/{e['file']}"} for e in test_skipped]
+    return _domain_plan(cfg, src, domains, rows, skipped,
+                        {"raw_dir": str(src), "split_mode": "folders",
+                         "test_folder": held[0] if held else None, "labels_csv": None})
+
+
+def _domain_plan(cfg: PrepareConfig, src: Path, domains: list[str],
+                 rows: dict[str, list[tuple[str, int]]], skipped: list[dict[str, str]],
+                 source: dict[str, Any]) -> _Plan:
+    """The plan of a folder-per-domain dataset from its (file, domain index) rows per split."""
     if len(domains) > 255:
         raise ConfigError(f"{src} has {len(domains)} domains; at most 255 are supported.")
-    rows = {"train": [], "test": []}
-    for i, d in enumerate(domains):
-        test = _random_test(files[d], cfg.test_fraction, d)
-        for rel in files[d]:
-            rows["test" if rel in test else "train"].append((rel, i))
     splits = {s: _Split([r for r, _ in v], {"domain": np.array([i for _, i in v], np.uint8)})
               for s, v in rows.items() if v}
     space = LabelSpace(dataset=cfg.dataset, format="folder", kind="onehot", names=tuple(domains))
     table = {"columns": {"domain": domains}, "space": space.to_dict(), "source_column": "domain",
              "selected_columns": None, "aliases": []}
     return _Plan(dataset=cfg.dataset, format="folder", base=src, crop=cfg.crop, splits=splits,
-                 label_table=table, skipped=skipped,
-                 source={"raw_dir": str(src), "split_mode": "random", "labels_csv": None,
+                 label_table=table, skipped=skipped, source=source)
+
+
+def _plan_folder(cfg: PrepareConfig) -> _Plan:
+    if cfg.angles or cfg.gazes or cfg.test_subjects:
+        raise ConfigError("--angles, --gazes and --test-subjects apply to RaFD-format datasets.")
+    csv_path = Path(cfg.labels_csv).expanduser() if cfg.labels_csv else None
+    src = Path(cfg.source).expanduser() if cfg.source else (csv_path.parent if csv_path else None)
+    if src is None or not src.is_dir():
+        raise UsageError(f"PATH {src}: not a folder. Pass the folder that holds the images.")
+    src = src.resolve()
+    if csv_path is not None:
+        return _plan_csv(cfg, src, csv_path)
+    if cfg.attrs is not None:
+        raise ConfigError("--attrs applies to CelebA-format datasets and to --labels CSV files; "
+                          f"{src} is labelled by its sub-folder names.")
+    subdirs = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if subdirs and set(subdirs) <= FOLDER_SPLIT_NAMES:
+        return _plan_split_folders(cfg, src, subdirs)
+    domains, files, skipped = _walk_domains(src)
+    if not domains:
+        raise UsageError(f"{src} has no sub-folders with images; make one sub-folder per domain "
+                         "(e.g. smiling/, neutral/) or pass --labels FILE.csv.")
+    rows: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for i, d in enumerate(domains):
+        test = _random_test(files[d], cfg.test_fraction, d)
+        for rel in files[d]:
+            rows["test" if rel in test else "train"].append((rel, i))
+    return _domain_plan(cfg, src, domains, rows, skipped,
+                        {"raw_dir": str(src), "split_mode": "random", "labels_csv": None,
                          "test_fraction": cfg.test_fraction})
 
 

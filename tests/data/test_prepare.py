@@ -486,12 +486,44 @@ def test_folder_domains_are_sorted_and_split_deterministically(tmp_path, home):
     assert prepare(cfg(home, dataset="mine", size=16))["built_shards"] == 0
 
 
-def test_folder_refuses_a_train_test_root_and_registry_names(tmp_path, home):
+def test_folder_keeps_a_train_val_split_with_train_s_domain_order(tmp_path, home):
+    """The StarGAN v2 layout (CelebA-HQ, AFHQ): train|val/<domain>/; the split is kept and
+    the domains are train/'s sub-folders in sorted order (the released weights' label order)."""
+    root = tmp_path / "afhq"
+    for split, counts in (("train", {"wild": 3, "cat": 4, "dog": 2}),
+                          ("val", {"dog": 1, "cat": 2})):
+        for d, n in counts.items():
+            (root / split / d).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), (i * 30, 0, 0)).save(root / split / d / f"{i}.png")
+    s = prepare(cfg(home, dataset="animals", source=root, size=16))
+    m = manifest(home, "animals", 16)
+    assert m["label_table"]["columns"]["domain"] == ["cat", "dog", "wild"]
+    assert m["source"]["split_mode"] == "folders" and m["source"]["test_folder"] == "val"
+    assert s["splits"] == {"train": 9, "test": 3}
+    test = read_split(home, "test", "animals", 16)
+    assert sorted(test["names"]) == ["val/cat/0.png", "val/cat/1.png", "val/dog/0.png"]
+    domains = dict(zip(test["names"], test["labels"]["domain"], strict=True))
+    assert domains["val/dog/0.png"] == 1 and domains["val/cat/1.png"] == 0
+    train = read_split(home, "train", "animals", 16)
+    assert all(n.startswith("train/") for n in train["names"])
+
+    (root / "val" / "fox").mkdir()
+    Image.new("RGB", (40, 40)).save(root / "val" / "fox" / "x.png")
+    with pytest.raises(UsageError, match="domain that .* does not have"):
+        prepare(cfg(home, dataset="animals2", source=root, size=16))
+
+
+def test_folder_refuses_odd_split_roots_and_registry_names(tmp_path, home):
     root = tmp_path / "data"
-    for d in ("train/a", "test/a"):
+    for d in ("val/a", "test/a"):
         (root / d).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(root / d / "x.png")
-    with pytest.raises(UsageError, match=f"pass {root / 'train'} instead"):
+    with pytest.raises(UsageError, match="no train/"):
+        prepare(cfg(home, dataset="mine", source=root))
+    (root / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "train" / "a" / "x.png")
+    with pytest.raises(UsageError, match="keep one of them"):
         prepare(cfg(home, dataset="mine", source=root))
     with pytest.raises(ConfigError, match="registry dataset"):
         prepare(cfg(home, dataset="celeba", source=root / "train"))
