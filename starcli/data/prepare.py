@@ -617,8 +617,41 @@ def _make_plan(cfg: PrepareConfig) -> _Plan:
         return _plan_celeba(cfg, spec, registry.aliases)
     if spec.format == "rafd":
         return _plan_rafd(cfg, spec, registry.aliases)
+    if spec.format == "domain-folders":
+        return _plan_registry_folders(cfg, spec)
     raise ConfigError(f"{spec.name} is a {spec.format}, not an image dataset; "
-                      "`starcli prepare` takes celeba- or rafd-format datasets or `folder`.")
+                      "`starcli prepare` takes celeba-, rafd- or domain-folders-format datasets "
+                      "or `folder`.")
+
+
+def _plan_registry_folders(cfg: PrepareConfig, spec: DatasetSpec) -> _Plan:
+    """A registry dataset in StarGAN v2's train|val/<domain>/ layout (celeba-hq, afhq)."""
+    if cfg.angles or cfg.gazes or cfg.test_subjects or cfg.attrs is not None:
+        raise ConfigError(f"{spec.name} is labelled by its domain folders; --attrs, --angles, "
+                          "--gazes and --test-subjects do not apply.")
+    raw = raw_dir(Path(cfg.home), spec.name)
+    # The archive's top folder (image_dir), or the raw folder itself for an import of it.
+    candidates = [raw / spec.image_dir] if spec.image_dir else []
+    candidates += [raw] + (sorted(p for p in raw.iterdir() if p.is_dir()) if raw.is_dir()
+                           else [])
+    root = next((c for c in candidates if (c / "train").is_dir()), None)
+    if root is None:
+        raise UsageError(f"{spec.name} is not in {raw} (no train/ folder found); run "
+                         f"`starcli fetch {spec.name}` or `starcli fetch {spec.name} --from "
+                         "PATH` first.")
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    plan = _plan_split_folders(cfg, root, [d for d in subdirs if d in FOLDER_SPLIT_NAMES])
+    expected = list(spec.raw.get("domains") or [])
+    found = list(plan.label_table["columns"]["domain"])
+    if expected and found != expected:
+        raise UsageError(f"{root / 'train'} holds the domains {', '.join(found)}; {spec.name} "
+                         f"has {', '.join(expected)}. Check the copy (or prepare it as `starcli "
+                         "prepare folder PATH --name NAME`).")
+    plan.dataset, plan.format = spec.name, spec.format
+    plan.crop = cfg.crop or spec.default_crop
+    plan.source_size = _width_height(spec)
+    plan.source["raw_dir"] = str(raw)
+    return plan
 
 
 def _previous_folder_source(cfg: PrepareConfig) -> PrepareConfig | None:

@@ -426,3 +426,52 @@ def test_data_layer_dispatches_without_importing_model_code(home):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert json.loads(done.stdout.strip().replace("'", '"')) == []
+
+
+def _afhq_zip(counts: dict[str, dict[str, int]]) -> tuple[bytes, int]:
+    from PIL import Image
+
+    files, n = {}, 0
+    for split, per in counts.items():
+        for domain, k in per.items():
+            for i in range(k):
+                buf = io.BytesIO()
+                Image.new("RGB", (64, 64), (40 * i, 90, 30)).save(buf, format="JPEG")
+                files[f"afhq/{split}/{domain}/{domain}_{i}.jpg"] = buf.getvalue()
+                n += 1
+    return _zip_bytes(files), n
+
+
+def test_afhq_downloads_over_loopback_and_prepares_with_its_split_and_domain_order(
+        home, server, offline):
+    """A StarGAN v2 dataset (train|val/<domain>/ in one archive): fetched from a mirror,
+    extracted, counted, then prepared with the archive's own split and sorted domains."""
+    from starcli.data.dataset import open_prepared
+    from starcli.data.prepare import PrepareConfig, prepare
+
+    data, n = _afhq_zip({"train": {"wild": 3, "cat": 2, "dog": 2},
+                         "val": {"cat": 1, "dog": 1, "wild": 1}})
+    server.files["afhq.zip"] = data
+    # The shipped entry publishes no checksum; this copy has its own image count.
+    (home / "datasets.toml").write_text(f"[afhq]\nimage_count = {n}\n")
+    summary = fetch(FetchConfig(home=home, dataset="afhq", mirrors=(server.url,)))
+    assert summary["files"][0]["status"] == "downloaded"
+    assert server.seen == ["/data/afhq.zip"] and offline == []
+    assert (home / "raw" / "afhq" / "afhq" / "val" / "wild" / "wild_0.jpg").is_file()
+
+    done = prepare(PrepareConfig(home=home, dataset="afhq", size=16))
+    assert done["splits"] == {"train": 7, "test": 3}
+    ds = open_prepared(home, "afhq", 16)
+    assert ds.space.names == ("cat", "dog", "wild")
+    assert ds.manifest["framing"]["source"] == [512, 512]
+    assert sorted(ds.source_names("test")) == ["val/cat/cat_0.jpg", "val/dog/dog_0.jpg",
+                                               "val/wild/wild_0.jpg"]
+    assert ds.labels("test")[:, 2].sum() == 1  # one wild face held out
+
+    (home / "raw" / "afhq" / "afhq" / "train" / "fox").mkdir()
+    (home / "raw" / "afhq" / "afhq" / "train" / "fox" / "x.jpg").write_bytes(
+        (home / "raw" / "afhq" / "afhq" / "val" / "cat" / "cat_0.jpg").read_bytes())
+    from starcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="afhq has cat, dog, wild"):
+        prepare(PrepareConfig(home=home, dataset="afhq", size=16, force=True))
