@@ -250,3 +250,43 @@ def test_translate_cli_to_male(home, tmp_path, make_dataset):
                                    str(home)])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "out").rglob("*.png"))) == 2
+
+
+def test_sources_drop_rows_in_no_domain_and_the_grid_shows_every_domain(home, tmp_path,
+                                                                        make_dataset):
+    from starcli.data.dataset import TrainStream
+    from starcli.engine import attach_step, build_parts, describe_run
+    from starcli.families.stargan_v2.samples import FACES, STYLES
+
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    plan = describe_run(_cfg(home, tmp_path, domains="Blond_Hair,Black_Hair"))
+    built = build_parts(plan)
+    step = attach_step(plan, built)
+    names = plan.layout.spaces[0].names
+    blond, black = names.index("Blond_Hair"), names.index("Black_Hair")
+    stream = TrainStream(plan.datasets, plan.layout, batch_size=8, seed=0)
+    try:
+        batch = next(stream)
+    finally:
+        stream.close()
+    labels = batch.labels.numpy()
+    inside = (labels[:, blond] > 0.5) ^ (labels[:, black] > 0.5)
+    x, y = step.sources(batch)
+    assert len(x) == int(inside.sum())
+    assert torch.equal(y, torch.from_numpy(labels[inside][:, black] > 0.5).long())
+    # rows in no domain are dropped; a batch with none in either trains on pool images
+    bare = batch.labels.clone()
+    bare[:3, blond] = 0
+    bare[:3, black] = 0
+    part = type(batch)(batch.images, bare, batch.c, batch.space_index, batch.indices)
+    x1, _ = step.sources(part)
+    assert len(x1) == int(inside[3:].sum())
+    bare[:, [blond, black]] = 0
+    x2, y2 = step.sources(type(batch)(batch.images, bare, batch.c, batch.space_index,
+                                      batch.indices))
+    assert len(x2) == len(bare) and set(y2.tolist()) <= {0, 1}
+    assert x2.min() >= -1 and x2.max() <= 1
+    grid = plan.family.sampler(plan.datasets, plan.layout, torch.device("cpu")).grid(
+        {**built.modules, **built.averages}, plan.runtime)
+    s, pad = 32, 2
+    assert grid.shape == (FACES * 2 * (s + pad) + pad, (1 + STYLES) * (s + pad) + pad, 3)
