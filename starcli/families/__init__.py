@@ -49,6 +49,8 @@ FAMILIES: dict[str, FamilyInfo] = {
                              "starcli.families.stargan_v1.family"),
     "cyclegan": FamilyInfo("cyclegan", "starcli.families.cyclegan.config",
                            "starcli.families.cyclegan.family"),
+    "stargan-v2": FamilyInfo("stargan-v2", "starcli.families.stargan_v2.config",
+                             "starcli.families.stargan_v2.family"),
 }
 FAMILY_NAMES = tuple(FAMILIES)
 DEFAULT_FAMILY = "stargan-v1"
