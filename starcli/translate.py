@@ -87,6 +87,15 @@ class TranslateConfig:
     mix_label_spaces: bool = False  # allow one spec to set labels of two datasets
     align: bool = False  # detect and crop the face like CelebA's aligned images
     crop: int | None = None  # centre square N px wide instead of the model's recipe
+    # Style-based families (StarGAN v2): K latent styles per input and target, seeded by
+    # `seed` (style k is the same z for every input), truncated toward the domain's mean by
+    # psi; or the style of each reference image (`refs`, files or folders), its domain from
+    # its folder name, `ref_domain`, or D.
+    styles: int = 1
+    seed: int | None = None
+    psi: float = 1.0
+    refs: tuple[Path, ...] = ()
+    ref_domain: str | None = None
     paste_back: bool = False  # blend the translated face into the original photo (needs align)
     workers: int = 0  # decode/encode threads; 0: automatic
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped (decompression bombs)
@@ -95,8 +104,16 @@ class TranslateConfig:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise UsageError("Pass at least one INPUT image file or folder.")
-        if not self.targets:
-            raise UsageError("Pass at least one --to SPEC, e.g. --to Blond_Hair.")
+        if not self.targets and not self.refs:
+            raise UsageError("Pass at least one --to SPEC, e.g. --to Blond_Hair (or --ref "
+                             "IMAGES with a StarGAN v2 checkpoint).")
+        if self.targets and self.refs:
+            raise UsageError("--ref takes each output's domain from its reference; drop --to "
+                             "(or use --ref-domain to name it).")
+        if not 1 <= self.styles <= 100:
+            raise ConfigError(f"--styles must be 1-100, got {self.styles}.")
+        if not 0.0 <= self.psi <= 1.0:
+            raise ConfigError(f"--psi must be in [0, 1] (1: no truncation), got {self.psi}.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.format not in FORMATS:
@@ -117,6 +134,11 @@ class TranslateConfig:
             raise ConfigError(f"--crop must be a positive number of pixels, got {self.crop}.")
         if self.max_pixels < 1:
             raise ConfigError("the pixel limit must be positive.")
+
+    @property
+    def styled(self) -> bool:
+        """True when a style option is set (they need a style-based family)."""
+        return self.styles > 1 or self.seed is not None or self.psi != 1.0 or bool(self.refs)
 
 
 @dataclass
@@ -320,11 +342,13 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
 
     def parse(layout: LabelLayout) -> list[Target]:
         if "t" not in parsed:
-            parsed["t"] = parse_targets(cfg.targets, layout, aliases=registry_aliases,
-                                        mix_label_spaces=cfg.mix_label_spaces)
+            parsed["t"] = [] if cfg.refs else parse_targets(
+                cfg.targets, layout, aliases=registry_aliases,
+                mix_label_spaces=cfg.mix_label_spaces)
         return parsed["t"]
 
-    ckpt = _load_model(cfg, lambda lay: any(t.needs_source(lay) for t in parse(lay)), device)
+    ckpt = _load_model(cfg, lambda lay: bool(cfg.refs and cfg.ref_domain is None) or
+                       any(t.needs_source(lay) for t in parse(lay)), device)
     layout = ckpt.layout
     targets = parse(layout)
     notes = [n for t in targets for n in t.notes]
@@ -349,8 +373,13 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
             "pass --labels FILE.csv, or name every label in --to.")
 
     model = get_family(ckpt.family).translator(ckpt, device, precision)
+    if cfg.styled and not getattr(model, "has_styles", False):
+        raise UsageError(f"--styles, --seed, --psi and --ref need a style-based checkpoint "
+                         f"(StarGAN v2); {ckpt.path} is {ckpt.family}.")
     framings = Framings.from_meta(ckpt.meta.get("datasets"), size, cfg.crop)
     aligner = _aligner(framings, size, cfg.crop) if cfg.align else None
+    refs = _load_references(cfg, model, framings) if cfg.refs else []
+    variants = _variants(targets, refs, cfg.styles, seeded=cfg.seed is not None)
 
     # Plan: every candidate gets a manifest row; work only where outputs are missing.
     items, walk_skipped = walk_inputs(inputs)
@@ -367,7 +396,8 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
             row.update(status="skipped", reason="another input already has this output name "
                                                 "(translate it separately)")
             continue
-        outputs = {t.slug: out / t.slug / (stem.as_posix() + ext) for t in targets}
+        outputs = {v.key: out / v.folder / (stem.as_posix() + v.suffix + ext)
+                   for v in variants}
         grid = out / GRID_DIR / (stem.as_posix() + ext) if cfg.grid else None
         clash = [p for p in [*outputs.values(), grid] if p is not None and
                  p.resolve() in input_files]
@@ -409,14 +439,16 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
     try:
         if jobs:
             translated, written = _run(jobs, cfg, model, layout, targets, needed, framings,
-                                       aligner, n_workers, progress)
+                                       aligner, n_workers, progress, variants, refs)
     except BaseException:
         try:
-            _finish_manifest(manifest, rows, jobs, targets, cfg.manifest)
+            _finish_manifest(manifest, rows, jobs, targets, cfg.manifest, variants)
         except StarcliError:
             pass  # the error that stopped the run is the one to report
         raise
-    _finish_manifest(manifest, rows, jobs, targets, cfg.manifest)
+    _finish_manifest(manifest, rows, jobs, targets, cfg.manifest, variants)
+    if cfg.grid and refs:
+        _reference_matrix(rows, out, framings, refs, variants, cfg)
 
     skipped = _skipped(rows)
     for s in skipped[:20]:
@@ -430,7 +462,7 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
     return TranslateResult(
         out=out, manifest=manifest, checkpoint=ckpt.path, device=str(device),
         precision=precision,
-        targets=[{"spec": t.text, "slug": t.slug, "notes": list(t.notes)} for t in targets],
+        targets=[{"spec": v.spec, "slug": v.key, "notes": list(v.notes)} for v in variants],
         inputs=len(items), translated=translated, existing=existing, written=written,
         skipped=skipped, seconds=seconds,
         images_per_s=translated / seconds if seconds > 0 else 0.0, notes=notes)
@@ -481,7 +513,7 @@ def _stops_the_run(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], slugs: Sequence[str],
+def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], keys: Sequence[str],
           cfg: TranslateConfig) -> tuple[list[str], str | None]:
     """Write one input's outputs (runs in a worker thread): (what was written, the reason
     the rest could not be, or None). Raises only the OSErrors that `_stops_the_run`."""
@@ -494,7 +526,7 @@ def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], slugs: Seq
             _write_atomic(job.outputs[slug], _encode(image, cfg.format, cfg.jpeg_quality))
             done.append(slug)
         if job.grid_todo and job.grid is not None:
-            strip = enlarge(np.concatenate([loaded.crop] + [results[s] for s in slugs],
+            strip = enlarge(np.concatenate([loaded.crop] + [results[k] for k in keys],
                                            axis=1))
             _write_atomic(job.grid, _encode(strip, cfg.format, cfg.jpeg_quality))
             done.append(GRID_DIR)
@@ -510,8 +542,8 @@ def _save(job: _Job, loaded: _Loaded, results: dict[str, np.ndarray], slugs: Seq
 def _run(jobs: list[_Job], cfg: TranslateConfig, model: Any, layout: LabelLayout,
          targets: Sequence[Target], needed: Sequence[int], framings: Framings,
          aligner: FaceAligner | None, n_workers: int,
-         progress: Progress | None) -> tuple[int, int]:
-    slugs = [t.slug for t in targets]
+         progress: Progress | None, variants: Sequence[_Variant],
+         refs: Sequence[_Reference]) -> tuple[int, int]:
     translated = written = 0
     use_d = model.can_estimate_labels and bool(needed)
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="starcli-io") as pool, \
@@ -553,7 +585,7 @@ def _run(jobs: list[_Job], cfg: TranslateConfig, model: Any, layout: LabelLayout
         def run_batch(part: list[tuple[_Job, _Loaded]]) -> None:
             try:
                 with torch.inference_mode():
-                    _translate_batch(part, model, layout, targets, use_d, cfg, slugs, pool,
+                    _translate_batch(part, model, layout, targets, use_d, cfg, variants, refs, pool,
                                      saves)
             except Exception as exc:  # noqa: BLE001 - out of memory, one input G chokes on
                 if len(part) == 1:
@@ -594,7 +626,8 @@ def _skip(job: _Job, reason: str) -> None:
 
 def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: Any,
                      layout: LabelLayout, targets: Sequence[Target], use_d: bool,
-                     cfg: TranslateConfig, slugs: Sequence[str], pool: ThreadPoolExecutor,
+                     cfg: TranslateConfig, variants: Sequence[_Variant],
+                     refs: Sequence[_Reference], pool: ThreadPoolExecutor,
                      saves: deque) -> None:
     crops = np.stack([loaded.crop for _, loaded in batch])
     x = model.to_input(crops)
@@ -606,18 +639,12 @@ def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: Any,
         if job.csv_labels is not None:
             known = ~np.isnan(job.csv_labels)
             source[i, known] = job.csv_labels[known]
-    # All targets of the batch go through G together, in chunks: bigger calls run faster
-    # on CPU (about +35% at 32-64 images vs 16), and the cap bounds memory at large sizes.
-    size = crops.shape[1]
-    labels = np.concatenate([t.encode(layout, source) for t in targets])
-    cap = max(cfg.batch_size, int(_G_PIXELS_PER_CALL // (size * size)))
-    chunk = math.ceil(len(labels) / math.ceil(len(labels) / cap))  # equal-sized calls
-    pieces = []
-    for start in range(0, len(labels), chunk):
-        rows = np.arange(start, min(start + chunk, len(labels))) % n
-        pieces.append(model.to_uint8(model.generate(x[rows], labels[start:start + chunk])))
-    every = np.concatenate(pieces)
-    outputs = {t.slug: every[k * n:(k + 1) * n] for k, t in enumerate(targets)}
+    if cfg.styled:
+        outputs = _styled(model, x, source, layout, targets, variants, refs,
+                          cfg.seed or 0, cfg.psi)
+    else:
+        outputs = _by_labels(model, x, source, layout, targets, cfg.batch_size)
+    slugs = [v.key for v in variants]
     results = []
     for i, (job, loaded) in enumerate(batch):
         job.row["source_labels"] = _label_dict(layout, targets, source[i])
@@ -630,6 +657,195 @@ def _translate_batch(batch: list[tuple[_Job, _Loaded]], model: Any,
     # at a time, and no input may be saved twice.
     for (job, loaded), result in zip(batch, results, strict=True):
         saves.append((job, pool.submit(_save, job, loaded, result, slugs, cfg)))
+
+
+def _by_labels(model: Any, x: torch.Tensor, source: np.ndarray, layout: LabelLayout,
+               targets: Sequence[Target], batch_size: int) -> dict[str, np.ndarray]:
+    """uint8 outputs per target slug: G(x, target labels) for label-conditioned families."""
+    n = len(x)
+    # All targets of the batch go through G together, in chunks: bigger calls run faster
+    # on CPU (about +35% at 32-64 images vs 16), and the cap bounds memory at large sizes.
+    size = x.shape[-1]
+    labels = np.concatenate([t.encode(layout, source) for t in targets])
+    cap = max(batch_size, int(_G_PIXELS_PER_CALL // (size * size)))
+    chunk = math.ceil(len(labels) / math.ceil(len(labels) / cap))  # equal-sized calls
+    pieces = []
+    for start in range(0, len(labels), chunk):
+        rows = np.arange(start, min(start + chunk, len(labels))) % n
+        pieces.append(model.to_uint8(model.generate(x[rows], labels[start:start + chunk])))
+    every = np.concatenate(pieces)
+    return {t.slug: every[k * n:(k + 1) * n] for k, t in enumerate(targets)}
+
+
+# --------------------------------------------------------------------------- styles (v2)
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """One output per input: a target (with latent style k), or a reference's style."""
+
+    key: str  # manifest "outputs" key and grid column
+    spec: str  # what the user asked for (the --to spec, or ref:<file>)
+    folder: str  # output sub-folder of --out
+    suffix: str = ""  # appended to the input's stem ("-s03" for style 3 of several)
+    target: int | None = None  # index into the parsed targets
+    style: int | None = None  # latent style number (seeded by --seed)
+    ref: int | None = None  # index into the references
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Reference:
+    path: Path
+    crop: np.ndarray  # (S, S, 3) uint8, framed like the inputs
+    domain: int
+    domain_from: str  # "folder", "--ref-domain" or "discriminator"
+    stem: str  # output folder name under ref/
+
+
+def _variants(targets: Sequence[Target], refs: Sequence[_Reference],
+              styles: int, seeded: bool = False) -> list[_Variant]:
+    if refs:
+        return [_Variant(key=f"ref/{r.stem}", spec=f"ref:{r.path}", folder=f"ref/{r.stem}",
+                         ref=j) for j, r in enumerate(refs)]
+    out = []
+    for i, t in enumerate(targets):
+        if styles <= 1:
+            out.append(_Variant(key=t.slug, spec=t.text, folder=t.slug, target=i,
+                                style=0 if seeded else None, notes=tuple(t.notes)))
+            continue
+        for k in range(styles):
+            out.append(_Variant(key=f"{t.slug}/s{k:02d}", spec=t.text, folder=t.slug,
+                                suffix=f"-s{k:02d}", target=i, style=k,
+                                notes=tuple(t.notes)))
+    return out
+
+
+def _style_z(seed: int, k: int, latent_dim: int) -> torch.Tensor:
+    """Latent style k of run seed `seed`: the same z for every input, so style 3 of one
+    face and of another share a style code."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + k) % (2 ** 63))
+    return torch.randn(latent_dim, generator=gen)
+
+
+def _load_references(cfg: TranslateConfig, model: Any,
+                     framings: Framings) -> list[_Reference]:
+    """Every readable image of --ref, framed like the inputs, with the domain whose style it
+    gives: its folder's name when that is a domain, else --ref-domain, else D's guess."""
+    names = [n.lower() for n in model.domain_names()]
+    fixed = None
+    if cfg.ref_domain is not None:
+        if cfg.ref_domain.lower() not in names:
+            raise UsageError(f"--ref-domain {cfg.ref_domain!r} is not a domain of this model; "
+                             f"choose from {', '.join(model.domain_names())}.")
+        fixed = names.index(cfg.ref_domain.lower())
+    missing = [str(p) for p in cfg.refs if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"--ref {missing[0]} does not exist; pass reference image files or "
+                         "folders.")
+    items, _ = walk_inputs(tuple(Path(p).expanduser() for p in cfg.refs))
+    refs: list[_Reference] = []
+    guess: list[int] = []
+    stems: set[str] = set()
+    for item in items:
+        try:
+            crop, _how = framings.load(item.path, cfg.max_pixels, loader=load_image)
+        except ImageSkipped:
+            continue
+        folder = item.path.parent.name.lower()
+        if fixed is not None:
+            domain, source = fixed, "--ref-domain"
+        elif folder in names:
+            domain, source = names.index(folder), "folder"
+        else:
+            domain, source = -1, "discriminator"
+            guess.append(len(refs))
+        stem = item.relative.with_suffix("").as_posix().replace("/", "_") or "ref"
+        while stem in stems:
+            stem += "_"
+        stems.add(stem)
+        refs.append(_Reference(item.path, crop, domain, source, stem))
+    if not refs:
+        raise UsageError(f"--ref {', '.join(map(str, cfg.refs))}: no readable reference "
+                         "images.")
+    if guess:
+        if getattr(model, "D", None) is None:
+            raise UsageError(
+                f"{refs[guess[0]].path}: its folder name is not a domain "
+                f"({', '.join(model.domain_names())}) and the checkpoint has no discriminator "
+                "to tell; pass --ref-domain NAME or put references in folders named by domain.")
+        x = model.to_input(np.stack([refs[j].crop for j in guess]))
+        found = model.domain_of(x).cpu().numpy()
+        for j, d in zip(guess, found, strict=True):
+            refs[j] = _Reference(refs[j].path, refs[j].crop, int(d), "discriminator",
+                                 refs[j].stem)
+    return refs
+
+
+def _styled(model: Any, x: torch.Tensor, source: np.ndarray, layout: LabelLayout,
+            targets: Sequence[Target], variants: Sequence[_Variant],
+            refs: Sequence[_Reference], seed: int, psi: float) -> dict[str, np.ndarray]:
+    """uint8 outputs per variant key for a style-based family: latent styles (one z per
+    style number) or each reference's style, every input of the batch in one G call each."""
+    n = len(x)
+    out: dict[str, np.ndarray] = {}
+    for v in variants:
+        if v.ref is not None:
+            r = refs[v.ref]
+            ref = model.to_input(r.crop[None])
+            s = model.reference_style(ref, torch.tensor([r.domain])).expand(n, -1)
+            out[v.key] = model.to_uint8(model.generate_styled(x, s))
+            continue
+        t = targets[v.target]
+        y = model.target_domains(t.encode(layout, source))
+        keep = y < 0  # a target in none of the model's domains: the input as it is
+        yt = torch.from_numpy(np.where(keep, 0, y))
+        if v.style is None:  # the single style per input, seeded by its own pixels
+            z = model.seeded_z(x)
+        else:
+            z = _style_z(seed, v.style, model.latent_dim).expand(n, -1)
+        images = model.to_uint8(model.generate_styled(x, model.latent_style(z, yt, psi)))
+        if keep.any():
+            images[keep] = model.to_uint8(x[torch.from_numpy(np.flatnonzero(keep)).to(x.device)])
+        out[v.key] = images
+    return out
+
+
+def _reference_matrix(rows: list[dict[str, Any]], out: Path, framings: Framings,
+                      refs: Sequence[_Reference], variants: Sequence[_Variant],
+                      cfg: TranslateConfig, most: int = 8) -> Path | None:
+    """The StarGAN v2 paper's reference figure: up to `most` sources across the top, up to
+    `most` references down the left, each cell the source in that reference's style."""
+    done = [r for r in rows if r.get("status") in ("translated", "exists") and r.get("outputs")]
+    done = done[:most]
+    if not done:
+        return None
+    keys = [v.key for v in variants][:most]
+    size = refs[0].crop.shape[0]
+    blank = np.full((size, size, 3), 255, np.uint8)
+    header = [blank]
+    for r in done:
+        try:
+            header.append(framings.load(Path(r["input"]), cfg.max_pixels)[0])
+        except ImageSkipped:
+            header.append(blank)
+    lines = [np.concatenate(header, axis=1)]
+    for j, key in enumerate(keys):
+        cells = [refs[j].crop]
+        for r in done:
+            rel = r["outputs"].get(key)
+            try:
+                cells.append(load_image(out / rel) if rel else blank)
+            except ImageSkipped:
+                cells.append(blank)
+        lines.append(np.concatenate(cells, axis=1))
+    path = out / GRID_DIR / f"reference-matrix.{cfg.format}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = max(1, -(-GRID_MIN_TILE // size))  # tiles of at least GRID_MIN_TILE, nearest
+    matrix = np.concatenate(lines, axis=0)
+    _write_atomic(path, _encode(enlarge(matrix, matrix.shape[0] * k), cfg.format,
+                                cfg.jpeg_quality))
+    return path
 
 
 def _label_dict(layout: LabelLayout, targets: Sequence[Target], row: np.ndarray
@@ -653,13 +869,14 @@ def _label_dict(layout: LabelLayout, targets: Sequence[Target], row: np.ndarray
 
 
 def _finish_manifest(path: Path, rows: list[dict[str, Any]], jobs: Sequence[_Job],
-                     targets: Sequence[Target], kind: str) -> None:
+                     targets: Sequence[Target], kind: str,
+                     variants: Sequence[_Variant] = ()) -> None:
     for job in jobs:
         if job.row.get("status") == "pending":
             job.row.update(status="not done", reason="the run stopped before this input")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_manifest(path, rows, targets, kind)
+        _write_manifest(path, rows, targets, kind, variants)
     except OSError as exc:
         raise StarcliError(f"Could not write the manifest {path}: {exc.strerror or exc}. "
                            "Check free space and permissions, then rerun (finished outputs "
@@ -699,7 +916,7 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], targets: Sequence[Target],
-                    kind: str) -> None:
+                    kind: str, variants: Sequence[_Variant] = ()) -> None:
     from starcli.utils import atomic_write_text
 
     rows = [_printable(r) for r in rows]
@@ -712,7 +929,7 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], targets: Sequence[Ta
               "checkpoint", "step"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    spec_of = {t.slug: t.text for t in targets}
+    spec_of = {t.slug: t.text for t in targets} | {v.key: v.spec for v in variants}
     for r in rows:
         base = {k: r.get(k, "") for k in ("input", "relative", "status", "reason", "grid",
                                           "checkpoint", "step")}

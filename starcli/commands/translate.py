@@ -21,10 +21,11 @@ from starcli.commands._common import (
 def translate(
     inputs: Annotated[list[Path], typer.Argument(
         help="Image files and folders (folders are walked recursively).", show_default=False)],
-    to: Annotated[list[str], typer.Option(
+    to: Annotated[list[str] | None, typer.Option(
         "--to", "-t", help="Target: comma-separated labels, e.g. Blond_Hair, Male=0, "
-                           "Young=flip, happy (repeat --to for several targets).",
-        show_default=False)],
+                           "Young=flip, happy, or a StarGAN v2 domain such as male (repeat "
+                           "--to for several targets).",
+        show_default=False)] = None,
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", "-c", help="Run directory, checkpoint directory, or a fetched "
                                    "pretrained name (pretrained-celeba-128). Default: "
@@ -61,6 +62,22 @@ def translate(
     align: Annotated[bool, typer.Option(
         "--align", help="Own photos: detect the largest face and crop it like CelebA's "
                         "aligned images.")] = False,
+    styles: Annotated[int, typer.Option(
+        "--styles", min=1, max=100, help="StarGAN v2: this many random (latent) styles per "
+                                         "input and target, one file each (-s00, -s01, ...).")] = 1,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="StarGAN v2: the styles' seed; style k is the same for every input.")
+    ] = None,
+    psi: Annotated[float, typer.Option(
+        "--psi", min=0.0, max=1.0, help="StarGAN v2: truncation toward the domain's mean "
+                                        "style (1: none, 0: the mean style).")] = 1.0,
+    ref: Annotated[list[Path] | None, typer.Option(
+        "--ref", help="StarGAN v2: reference image(s) or folder(s); each output takes a "
+                      "reference's style and domain (instead of --to).")] = None,
+    ref_domain: Annotated[str | None, typer.Option(
+        "--ref-domain", help="StarGAN v2: the references' domain (default: their folder "
+                             "name when it is a domain, else the discriminator's guess).")
+    ] = None,
     crop: Annotated[int | None, typer.Option(
         "--crop", min=1, help="Cut the centre square this many pixels wide (with --align: of "
                               "the 178-pixel CelebA frame) instead of the framing the model "
@@ -86,17 +103,22 @@ def translate(
       starcli translate me.jpg --to Young=flip --align --paste-back -c pretrained-celeba-128
 
       starcli translate faces/ --to happy --to angry --checkpoint runs/joint-20240101-120000
+
+      starcli translate faces/ --to male --styles 5 --seed 0 -c runs/v2-run   # StarGAN v2
+
+      starcli translate faces/ --ref refs/ --grid -c runs/v2-run   # styles of references
     """
     from starcli.translate import TranslateConfig
     from starcli.translate import translate as run_translate
 
     cfg = TranslateConfig(
-        inputs=tuple(inputs), targets=tuple(to),
+        inputs=tuple(inputs), targets=tuple(to or ()),
         checkpoint=Path(checkpoint).expanduser() if checkpoint else None, out=out,
         batch_size=batch_size, device=device, precision=precision, format=fmt.lower(),
         jpeg_quality=jpeg_quality, grid=grid, overwrite=overwrite, manifest=manifest.lower(),
         labels=labels, mix_label_spaces=mix_label_spaces, align=align, crop=crop,
-        paste_back=paste_back, workers=workers, home=home)
+        paste_back=paste_back, workers=workers, home=home, styles=styles, seed=seed, psi=psi,
+        refs=tuple(ref or ()), ref_domain=ref_domain)
     with RichProgress() as progress:
         result = run_translate(cfg, progress=progress)
     parts = [f"[green]✓[/] translated {result.translated} image"

@@ -91,6 +91,33 @@ class Translator:
         with torch.inference_mode():
             return self.D.logits(self._input(ref)).float().argmax(1)
 
+    # -- styles for translate's --styles / --ref -------------------------------------------
+
+    has_styles = True  # translate: --styles, --seed, --psi and --ref apply
+
+    def latent_style(self, z: torch.Tensor, y: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        """(N, style_dim) F(z, y), lerped toward domain y's mean style by 1 − psi."""
+        y = torch.as_tensor(y, device=self.device).long()
+        with torch.inference_mode():
+            s = self.F(z.to(self.device, self.dtype), y)
+            if psi != 1.0:
+                s = torch.lerp(self.mean_style()[y].to(s.dtype), s, psi)
+            return s
+
+    def reference_style(self, ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(N, style_dim) E(ref, y): the style of each reference read as domain y."""
+        y = torch.as_tensor(y, device=self.device).long()
+        with torch.inference_mode():
+            return self.E(self._input(ref), y)
+
+    def generate_styled(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """G(x, s) for inputs in [-1, 1] and one style row per input."""
+        with torch.inference_mode():
+            return self.G(self._input(x), s.to(self.device, self.dtype))
+
+    def domain_names(self) -> tuple[str, ...]:
+        return tuple(self.domains.names)
+
     # -- what translate and eval call ------------------------------------------------------
 
     def target_domains(self, c: np.ndarray) -> np.ndarray:
@@ -143,7 +170,7 @@ class Translator:
 
     @staticmethod
     def to_uint8(y: torch.Tensor) -> np.ndarray:
-        y = y.float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+        y = y.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def own_labels(self, x: torch.Tensor, layout) -> np.ndarray:
