@@ -173,6 +173,12 @@ def test_wrong_domain_count_and_unsafe_pickle_give_one_line(tmp_path):
     assert res.output.strip().splitlines()[0].startswith("Error:")
     assert not marker.exists() and not (tmp_path / "run").exists()
 
+    v1 = tmp_path / "200000-G.ckpt"  # a StarGAN v1 generator is not taken for a v2 file
+    torch.save({"main.0.weight": torch.zeros(3)}, v1)
+    res = runner.invoke(app, ["import", "stargan-v2", str(v1), "--domains", "cat,dog,wild",
+                              "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "no 'generator' network" in res.output
+
 
 class _Payload:
     """Unpickling this would create a file: proof that code ran."""

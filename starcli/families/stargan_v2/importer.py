@@ -141,6 +141,11 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
     if not force:
         _refuse_occupied(out)
     ckpt = _read_official(path, "generator, mapping_network, style_encoder")
+    missing = [k for k in ("generator", "mapping_network", "style_encoder") if k not in ckpt]
+    if missing:
+        have = ", ".join(sorted(map(str, ckpt))[:6]) or "nothing"
+        raise CheckpointError(f"{path}: has no {missing[0]!r} network (it holds {have}), so "
+                              "it is not an official StarGAN v2 file; pass a *_nets_ema.ckpt.")
     model = _model(ckpt, path, names, image_size, w_hpf)
     masked = model.w_hpf > 0
     if masked and wing is None and not no_masks:
