@@ -283,13 +283,14 @@ def _resolve_checkpoint_arg(checkpoint: Path | None, home: Path | None) -> Path 
     imported it; anything else is passed on unchanged."""
     if checkpoint is None or checkpoint.exists() or len(checkpoint.parts) != 1:
         return checkpoint
+    from starcli.data.fetch import MODEL_FORMATS
     from starcli.data.registry import load_registry
     from starcli.paths import resolve_home
 
     name = str(checkpoint)
     registry = load_registry(resolve_home(home))
     spec = registry.datasets.get(name)
-    if spec is None or spec.format != "stargan-v1-checkpoint":
+    if spec is None or spec.format not in MODEL_FORMATS:
         return checkpoint
     target = resolve_home(home) / "pretrained" / name
     if not target.exists():

@@ -78,4 +78,10 @@ def format_handlers() -> dict:
 
         return fetch_pretrained(spec, cfg, progress)
 
-    return {"stargan-v1-checkpoint": stargan_v1_checkpoint}
+    def stargan_v2_checkpoint(spec, cfg, progress):
+        from starcli.families.stargan_v2.importer import fetch_pretrained_v2
+
+        return fetch_pretrained_v2(spec, cfg, progress)
+
+    return {"stargan-v1-checkpoint": stargan_v1_checkpoint,
+            "stargan-v2-checkpoint": stargan_v2_checkpoint}

@@ -1,4 +1,4 @@
-"""`starcli import stargan-v1`: turn official StarGAN v1 weights into a starcli checkpoint."""
+"""`starcli import stargan-v1|stargan-v2`: turn official weights into a starcli checkpoint."""
 
 from __future__ import annotations
 
@@ -78,4 +78,66 @@ def stargan_v1(
                       "targets that name every label")
     if json_out:
         emit_json({"checkpoint": str(path), "attrs": list(names), "image_size": image_size,
+                   "discriminator": discriminator is not None})
+
+
+@app.command("stargan-v2")
+@cli_errors
+def stargan_v2(
+    nets_ema: Annotated[Path, typer.Argument(
+        help="The official moving-average weights, e.g. 100000_nets_ema.ckpt.",
+        dir_okay=False, show_default=False)],
+    domains: Annotated[str, typer.Option(
+        "--domains", help="The model's domains in training order (the sorted folder names), "
+                          "e.g. cat,dog,wild (AFHQ) or female,male (CelebA-HQ).",
+        show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Run directory to write (checkpoints/step-N/ inside).",
+        file_okay=False, show_default=False)],
+    image_size: Annotated[int, typer.Option(
+        "--image-size", min=16, help="The resolution the model was trained at.")] = 256,
+    discriminator: Annotated[Path | None, typer.Option(
+        "--discriminator", "-d", help="An official *_nets.ckpt to take D from (not "
+                                      "released for the official models).",
+        dir_okay=False)] = None,
+    wing: Annotated[Path | None, typer.Option(
+        "--wing", help="wing.ckpt, the FAN weights of w_hpf>0 models (accepted, but FAN "
+                       "masks are not implemented yet: imports without masks).",
+        dir_okay=False)] = None,
+    no_masks: Annotated[bool, typer.Option(
+        "--no-masks", help="Import a w_hpf>0 model (CelebA-HQ) without FAN masks: its "
+                           "high-pass skips are not used and outputs lose fine facial "
+                           "detail.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write into an --out folder that already holds checkpoints or a run "
+                        "(its checkpoints are replaced).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert official StarGAN v2 weights (clovaai/stargan-v2 *_nets_ema.ckpt).
+
+    The file carries no config: --domains and --image-size must match training; K, w_hpf
+    and the widths are read from the weights. Files are read without running any code in
+    them. The CelebA-HQ model (w_hpf 1) needs --no-masks (FAN masks are not implemented).
+
+    Example:
+
+      starcli import stargan-v2 100000_nets_ema.ckpt --domains cat,dog,wild --out runs/v2-afhq
+
+      starcli translate photos/ --to dog --checkpoint runs/v2-afhq
+    """
+    from starcli.families.stargan_v2.importer import import_stargan_v2
+
+    names = split_csv(domains) or ()
+    for flag, value in (("--wing", wing), ("--discriminator", discriminator)):
+        if value is not None and not value.expanduser().is_file():
+            raise typer.BadParameter(f"{value}: no such file.", param_hint=flag)
+    with RichProgress() as progress:
+        path = import_stargan_v2(nets_ema.expanduser(), names, out.expanduser(),
+                                 image_size=image_size, wing=wing.expanduser() if wing else None,
+                                 no_masks=no_masks,
+                                 discriminator=discriminator.expanduser() if discriminator
+                                 else None, force=force, progress=progress)
+    console.print(f"[green]✓[/] imported → {path}")
+    if json_out:
+        emit_json({"checkpoint": str(path), "domains": list(names), "image_size": image_size,
                    "discriminator": discriminator is not None})

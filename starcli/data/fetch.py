@@ -33,7 +33,7 @@ from starcli.progress import Progress, log
 DEMO_SETS = ("demo-celeba", "demo-rafd")
 STAMP = ".starcli-fetch.json"  # written last into raw/<name>/: what was fetched and verified
 # Registry formats that only model code can fetch (it converts what it downloads).
-MODEL_FORMATS = ("stargan-v1-checkpoint",)
+MODEL_FORMATS = ("stargan-v1-checkpoint", "stargan-v2-checkpoint")
 # Seconds a second `fetch` of one dataset waits for the first before giving up.
 LOCK_TIMEOUT = 10.0
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
