@@ -21,11 +21,33 @@ Iterations are timed in whole n_critic cycles after a warm-up cycle, data loadin
     python benchmarks/bench_train.py                 # (a) paper model 128px, (b) 64px model
     python benchmarks/bench_train.py --only small --cycles 4
     python benchmarks/bench_train.py --learning 300  # + bf16 vs fp32 learning check
+
+`--family stargan-v2` times one StarGAN v2 iteration (reference/stargan-v2.md §2.3) instead:
+
+- official: a faithful fp32 eager copy of the official iteration, written here from that
+  description over starcli's plain v2 networks (the official layers): D latent and D
+  reference steps, each with R1 through `autograd.grad(create_graph=True)` on
+  `x_real.requires_grad_()` and the fakes made under no_grad; G latent (steps G, F, E) and G
+  reference (steps G) with the full loss, D's gradients computed and discarded, every
+  optimiser zeroed before each backward; then `torch.lerp` moving averages of G, F, E.
+  Default Adam(betas 0, 0.99, weight decay 1e-4; F lr 1e-6), NCHW, no compile.
+- starcli: the engine's own step (`build_parts` + `attach_step`, what `starcli train
+  --family stargan-v2` runs) in the runtime's precision (bf16 where the CPU has it),
+  channels_last unless told otherwise.
+
+Both get the same model config (v2-afhq options, domains Male of the synthetic faces), batch,
+image size and batches, pre-loaded (data loading is not timed); both are built once and timed
+alternately, warm-up first. s/iter are medians over rounds; ratio = official / starcli.
+
+    python benchmarks/bench_train.py --family stargan-v2 --iters 4 --rounds 2
+    python benchmarks/bench_train.py --family stargan-v2 --device cuda --image-size 256 \
+        --dim-in 64 --max-conv-dim 512
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -310,6 +332,230 @@ def learning_check(home: Path, iters: int, seeds: list[int], work: Path) -> dict
 
 
 # ---------------------------------------------------------------------------------------------
+# StarGAN v2
+
+
+V2_SIDES = ("official_fp32", "starcli")
+
+
+def v2_config(args: argparse.Namespace, home: Path) -> TrainConfig:
+    cl = {"auto": None, "on": True, "off": False}[args.channels_last]
+    return TrainConfig.from_preset(
+        "v2-afhq", family="stargan-v2", datasets=("demo-celeba",), home=str(home),
+        domains="Male", image_size=args.image_size, batch_size=args.batch, dim_in=args.dim_in,
+        max_conv_dim=args.max_conv_dim, precision=args.precision, device=args.device,
+        channels_last=cl, workers=0, seed=0)
+
+
+def v2_batches(plan, count: int, seed: int) -> list:
+    """`count` training batches (cloned out of the loader) with, per batch, what the official
+    reference loader would add: target domains and two references of each target's domain."""
+    from starcli.data.domains import resolve_domains
+
+    domains = resolve_domains(plan.layout.spaces[0], plan.cfg.options.domains)
+    stream = TrainStream([plan.datasets[0]], plan.layout, batch_size=plan.cfg.batch_size,
+                         workers=0, seed=seed)
+    it = iter(stream)
+    batches = []
+    for _ in range(count):
+        b = next(it)
+        batches.append(type(b)(images=b.images.clone(), labels=b.labels.clone(), c=b.c.clone(),
+                               space_index=b.space_index, indices=b.indices.clone()))
+    stream.close()
+    images = torch.cat([b.images.contiguous() for b in batches])
+    which = torch.from_numpy(domains.assign(torch.cat([b.labels for b in batches]).numpy()))
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for b in batches:
+        y_org = torch.from_numpy(domains.assign(b.labels.numpy()))
+        y_trg = torch.randint(len(domains), (len(y_org),), generator=gen)
+        refs = []
+        for _ in range(2):
+            picks = []
+            for k in y_trg.tolist():
+                pool = torch.nonzero(which == k).flatten()
+                picks.append(int(pool[torch.randint(len(pool), (1,), generator=gen)]))
+            refs.append(images[picks].clone())
+        out.append((b, b.images.contiguous(), y_org, y_trg, refs[0], refs[1]))
+    return out
+
+
+def official_v2_runner(plan, inputs: list, seed: int):
+    """A faithful fp32 eager copy of the official StarGAN v2 iteration (see the docstring)."""
+    from starcli.families.stargan_v2.networks import build_v2
+
+    opt, dev = plan.cfg.options, plan.runtime.device
+    torch.manual_seed(seed)
+    nets = {n: m.to(dev) for n, m in build_v2(plan.model.networks()).items()}
+    ema = {n: copy.deepcopy(nets[n]) for n in ("G", "F", "E")}
+    optims = {n: torch.optim.Adam(nets[n].parameters(), lr=opt.f_lr if n == "F" else opt.lr,
+                                  betas=[opt.beta1, opt.beta2], weight_decay=opt.weight_decay)
+              for n in ("G", "F", "E", "D")}
+    G, Fm, E, D = (nets[n] for n in ("G", "F", "E", "D"))
+    state = {"i": 0, "lambda_ds": opt.lambda_ds}
+    inputs = [tuple(t.to(dev) if torch.is_tensor(t) else t for t in item[1:]) for item in inputs]
+
+    def adv_loss(logits, target):
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+    def r1_reg(d_out, x_in):
+        grad = torch.autograd.grad(outputs=d_out.sum(), inputs=x_in, create_graph=True,
+                                   retain_graph=True, only_inputs=True)[0]
+        return 0.5 * grad.pow(2).view(x_in.size(0), -1).sum(1).mean(0)
+
+    def d_loss(x_real, y_org, y_trg, z_trg=None, x_ref=None):
+        x_real.requires_grad_()
+        out = D(x_real, y_org)
+        loss_real = adv_loss(out, 1)
+        loss_reg = r1_reg(out, x_real)
+        with torch.no_grad():
+            s_trg = Fm(z_trg, y_trg) if z_trg is not None else E(x_ref, y_trg)
+            x_fake = G(x_real, s_trg)
+        out = D(x_fake, y_trg)
+        loss_fake = adv_loss(out, 0)
+        return loss_real + loss_fake + opt.lambda_reg * loss_reg
+
+    def g_loss(x_real, y_org, y_trg, z_trgs=None, x_refs=None):
+        if z_trgs is not None:
+            z_trg, z_trg2 = z_trgs
+            s_trg = Fm(z_trg, y_trg)
+        else:
+            x_ref, x_ref2 = x_refs
+            s_trg = E(x_ref, y_trg)
+        x_fake = G(x_real, s_trg)
+        loss_adv = adv_loss(D(x_fake, y_trg), 1)
+        loss_sty = torch.mean(torch.abs(E(x_fake, y_trg) - s_trg))
+        s_trg2 = Fm(z_trg2, y_trg) if z_trgs is not None else E(x_ref2, y_trg)
+        x_fake2 = G(x_real, s_trg2).detach()
+        loss_ds = torch.mean(torch.abs(x_fake - x_fake2))
+        x_rec = G(x_fake, E(x_real, y_org))
+        loss_cyc = torch.mean(torch.abs(x_rec - x_real))
+        return (loss_adv + opt.lambda_sty * loss_sty - state["lambda_ds"] * loss_ds
+                + opt.lambda_cyc * loss_cyc)
+
+    def reset_grad():
+        for o in optims.values():
+            o.zero_grad()
+
+    def step() -> None:
+        x_real, y_org, y_trg, x_ref, x_ref2 = inputs[state["i"] % len(inputs)]
+        x_real = x_real.clone()  # a fresh batch tensor each iteration, as from the loader
+        n = x_real.size(0)
+        z_trg, z_trg2 = torch.randn(n, opt.latent_dim, device=dev), \
+            torch.randn(n, opt.latent_dim, device=dev)
+        for kw in ({"z_trg": z_trg}, {"x_ref": x_ref}):
+            loss = d_loss(x_real, y_org, y_trg, **kw)
+            reset_grad()
+            loss.backward()
+            optims["D"].step()
+        loss = g_loss(x_real, y_org, y_trg, z_trgs=[z_trg, z_trg2])
+        reset_grad()
+        loss.backward()
+        for n_ in ("G", "F", "E"):
+            optims[n_].step()
+        loss = g_loss(x_real, y_org, y_trg, x_refs=[x_ref, x_ref2])
+        reset_grad()
+        loss.backward()
+        optims["G"].step()
+        for n_ in ("G", "F", "E"):
+            for p, p_ema in zip(nets[n_].parameters(), ema[n_].parameters(), strict=True):
+                p_ema.data = torch.lerp(p.data, p_ema.data, opt.ema)
+        if state["lambda_ds"] > 0:
+            state["lambda_ds"] -= opt.lambda_ds / opt.ds_iter
+        state["i"] += 1
+
+    return step
+
+
+def starcli_v2_runner(plan, inputs: list):
+    """The engine's own StarGAN v2 step, as `starcli train` builds it."""
+    step_fn = attach_step(plan, build_parts(plan))
+    state = {"i": 0}
+
+    def step() -> None:
+        batch = inputs[state["i"] % len(inputs)][0]
+        state["i"] += 1
+        step_fn(state["i"], batch)
+
+    return step
+
+
+def bench_v2(args: argparse.Namespace, home: Path) -> dict:
+    plan = describe_run(v2_config(args, home))
+    rt = plan.runtime
+    cuda = rt.device.type == "cuda"
+    inputs = v2_batches(plan, 4, seed=0)
+    steps = {"official_fp32": official_v2_runner(plan, inputs, 0),
+             "starcli": starcli_v2_runner(plan, inputs)}
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(rt.device)
+
+    for name in V2_SIDES:  # warm-up: oneDNN/cuDNN kernel choice, allocator caches
+        for _ in range(args.warmup if args.warmup is not None else 2):
+            steps[name]()
+        sync()
+    results: dict[str, list[dict]] = {k: [] for k in V2_SIDES}
+    for r in range(args.rounds):  # alternate the order so drifting load hits both sides
+        for name in (V2_SIDES if r % 2 == 0 else V2_SIDES[::-1]):
+            res: dict = {}
+            if cuda:
+                sync()
+                res["resident_gib"] = torch.cuda.memory_allocated(rt.device) / 2**30
+                torch.cuda.reset_peak_memory_stats(rt.device)
+            t0 = time.perf_counter()
+            for _ in range(args.iters):
+                steps[name]()
+            sync()
+            res["s_per_iter"] = (time.perf_counter() - t0) / args.iters
+            if cuda:
+                res["peak_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
+            results[name].append(res)
+            mem = (f", peak {res['peak_gib']:.2f} GiB (both sides' weights resident: "
+                   f"{res['resident_gib']:.2f})" if cuda else "")
+            print(f"  {name:14s} round {r + 1}: {res['s_per_iter']:.3f} s/iter{mem}", flush=True)
+    summary: dict = {"settings": {
+        "device": str(rt.device), "precision": rt.precision, "channels_last": rt.channels_last,
+        "image_size": plan.cfg.image_size, "batch": plan.cfg.batch_size,
+        "model": plan.model.networks().to_dict(),
+        "parameters": plan.family.parameter_counts(plan.model),
+        "iters": args.iters, "rounds": args.rounds}}
+    for name, runs in results.items():
+        summary[name] = {"s_per_iter": statistics.median(x["s_per_iter"] for x in runs),
+                         "rounds": [round(x["s_per_iter"], 4) for x in runs]}
+        if cuda:
+            summary[name]["peak_gib"] = max(x["peak_gib"] for x in runs)
+            summary[name]["peak_above_resident_gib"] = max(
+                x["peak_gib"] - x["resident_gib"] for x in runs)
+    summary["ratio"] = summary["official_fp32"]["s_per_iter"] / summary["starcli"]["s_per_iter"]
+    return summary
+
+
+def main_v2(args: argparse.Namespace) -> None:
+    home = make_data(args.workdir, args.images, [args.image_size])
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "load_avg_start": os.getloadavg()}
+    print(f"stargan-v2: {args.image_size}px, batch {args.batch}, dim_in {args.dim_in}, "
+          f"max_conv_dim {args.max_conv_dim}, {args.iters} iters x {args.rounds} rounds, "
+          f"device {args.device}", flush=True)
+    res = bench_v2(args, home)
+    report["stargan_v2"] = res
+    st = res["settings"]
+    for name in V2_SIDES:
+        r = res[name]
+        label = "official fp32" if name == "official_fp32" else \
+            f"starcli {st['precision']}{' channels_last' if st['channels_last'] else ''}"
+        mem = f"  peak {r['peak_gib']:.2f} GiB" if "peak_gib" in r else ""
+        print(f"  => {label:28s} {r['s_per_iter']:.3f} s/iter{mem}", flush=True)
+    print(f"  => ratio official/starcli {res['ratio']:.2f}x (> 1: starcli faster)", flush=True)
+    report["load_avg_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -329,9 +575,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads for both sides (default: torch's choice)")
     ap.add_argument("--json", type=Path, help="write the results here")
+    v2 = ap.add_argument_group("--family stargan-v2")
+    v2.add_argument("--family", choices=("stargan-v1", "stargan-v2"), default="stargan-v1",
+                    help="which family's iteration to time (default: StarGAN v1, the cases)")
+    v2.add_argument("--image-size", type=int, default=64)
+    v2.add_argument("--batch", type=int, default=8)
+    v2.add_argument("--iters", type=int, default=4, help="timed iterations per side per round")
+    v2.add_argument("--dim-in", type=int, default=32,
+                    help="network width at full resolution (official: 2**14 / image size)")
+    v2.add_argument("--max-conv-dim", type=int, default=128, help="channel cap (official 512)")
+    v2.add_argument("--device", default="cpu")
+    v2.add_argument("--precision", default="auto", help="starcli's side (auto: bf16 where "
+                    "the hardware has it)")
+    v2.add_argument("--channels-last", choices=("on", "off", "auto"), default="on",
+                    help="starcli's side (auto: the engine's default, off on a CPU)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.family == "stargan-v2":
+        main_v2(args)
+        return
 
     cases = args.only or ["paper", "small"]
     sizes = sorted({CASES[c].image_size for c in cases} | ({64} if args.learning else set()))

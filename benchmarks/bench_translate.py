@@ -15,6 +15,14 @@ Brown_Hair, Male, Young) and produce the same five translations per image:
   timed, checkpoint loading included.
 
     python benchmarks/bench_translate.py --images 32
+
+`--family stargan-v2 --styles 10`: N inputs x 10 latent styles each (domain: the other one of
+female/male) through the family's Translator (`generate_latent`, batched, its default
+precision, channels_last) vs a naive loop: one image and one style at a time, F then G, fp32,
+eval mode, `torch.no_grad`. Same random-init networks (v2 layers) and the same z on both sides;
+translation only (no file I/O), agreement printed.
+
+    python benchmarks/bench_translate.py --family stargan-v2 --styles 10 --images 8
 """
 
 from __future__ import annotations
@@ -193,6 +201,89 @@ def check_agreement(G: nn.Module, g_official: dict, precision: str) -> None:
               f"mean {diff.mean():.2e} (1 uint8 level = {2 / 255:.1e})", flush=True)
 
 
+# --------------------------------------------------------------------------- StarGAN v2
+
+
+def main_v2(args: argparse.Namespace) -> int:
+    import copy
+
+    from starcli.data.domains import resolve_domains
+    from starcli.data.labels import LabelLayout, LabelSpace
+    from starcli.families.stargan_v2.networks import V2ModelConfig, build_v2, count_parameters
+    from starcli.families.stargan_v2.translator import Translator
+    from starcli.runtime import resolve_precision
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    cfg = V2ModelConfig(image_size=args.image_size, num_domains=2, dim_in=args.dim_in or None,
+                        max_conv_dim=args.max_conv_dim)
+    torch.manual_seed(0)
+    nets = build_v2(cfg)
+    naive_G, naive_F = (copy.deepcopy(nets[n]).to(device).eval() for n in ("G", "F"))
+    layout = LabelLayout((LabelSpace("celeba", "celeba", "multilabel", ATTRS, (HAIR,)),))
+    domains = resolve_domains(layout.spaces[0], "Male")
+    precision = resolve_precision(args.precision, device, inference=True)
+    n, k = args.images, args.styles
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
+    y = torch.randint(2, (n,), generator=gen)
+    z = torch.randn(n * k, cfg.latent_dim, generator=gen)
+    xs, ys = x.repeat_interleave(k, 0), y.repeat_interleave(k, 0)  # row i*k+j: input i, style j
+    print(f"stargan-v2: {n} inputs x {k} latent styles, {cfg.image_size} px, dim_in "
+          f"{cfg.dim_in}, max_conv_dim {cfg.max_conv_dim} (G {count_parameters(nets['G']):,} "
+          f"params), {device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+          flush=True)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def naive() -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(n):
+                xi, yi = x[i:i + 1].to(device), y[i:i + 1].to(device)
+                for j in range(k):
+                    s = naive_F(z[i * k + j:i * k + j + 1].to(device), yi)
+                    out.append(naive_G(xi, s).cpu())
+        return torch.cat(out)
+
+    def family(tr: Translator) -> torch.Tensor:
+        out = []
+        for a in range(0, n * k, args.batch):
+            out.append(tr.generate_latent(xs[a:a + args.batch], ys[a:a + args.batch],
+                                          z[a:a + args.batch]).float().cpu())
+        return torch.cat(out)
+
+    translators = {p: Translator(copy.deepcopy(nets["G"]), copy.deepcopy(nets["F"]),
+                                 copy.deepcopy(nets["E"]), None, domains, layout, device, p)
+                   for p in sorted({"fp32", precision})}
+    reference = naive()
+    for p, tr in translators.items():
+        diff = (family(tr) - reference).abs()
+        print(f"agreement with the naive loop ({p}): max |diff| {diff.max():.2e}, "
+              f"mean {diff.mean():.2e}", flush=True)
+    sides = {"naive fp32 loop (1 image x 1 style)": naive}
+    for p, tr in translators.items():
+        sides[f"family Translator ({p}, batch {args.batch})"] = lambda tr=tr: family(tr)
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    for rep in range(args.repeat):
+        order = list(sides) if rep % 2 == 0 else list(sides)[::-1]
+        for name in order:
+            sync()
+            t0 = time.perf_counter()
+            sides[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            print(f"[{rep + 1}/{args.repeat}] {name}: {times[name][-1]:6.2f} s  "
+                  f"{n * k / times[name][-1]:7.1f} translations/s", flush=True)
+    base = statistics.median(times[next(iter(sides))])
+    for name in list(sides)[1:]:
+        print(f"ratio {name} / naive: {base / statistics.median(times[name]):.2f}x "
+              f"(median of {args.repeat})", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32, help="faces in the folder")
@@ -201,7 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="alternating repeats (median ratio reported)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    v2 = parser.add_argument_group("--family stargan-v2")
+    v2.add_argument("--family", choices=("stargan-v1", "stargan-v2"), default="stargan-v1")
+    v2.add_argument("--styles", type=int, default=10, help="latent styles per input")
+    v2.add_argument("--image-size", type=int, default=64)
+    v2.add_argument("--dim-in", type=int, default=32, help="0: the official 2**14 / size")
+    v2.add_argument("--max-conv-dim", type=int, default=128)
+    v2.add_argument("--batch", type=int, default=16, help="translator batch")
+    v2.add_argument("--device", default="cpu")
+    v2.add_argument("--precision", default="auto", help="the translator's (auto: bf16 where "
+                    "the hardware has it)")
     args = parser.parse_args(argv)
+    if args.family == "stargan-v2":
+        return main_v2(args)
 
     from starcli.checkpoint import save_checkpoint
     from starcli.data.labels import LabelLayout, LabelSpace
