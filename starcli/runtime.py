@@ -137,9 +137,10 @@ class Runtime:
 
 
 def make_runtime(device: str, precision: str, channels_last: bool | None,
-                 batch_size: int) -> Runtime:
+                 batch_size: int, cpu_channels_last: bool = False) -> Runtime:
     """The runtime of a training process: under torchrun each rank takes cuda:LOCAL_RANK (or
-    the CPU) and `batch_size` (the global batch) is split evenly over the ranks."""
+    the CPU) and `batch_size` (the global batch) is split evenly over the ranks.
+    `cpu_channels_last` is a family's own default for CPUs (StarGAN v2 with bf16: faster)."""
     rank, world, local_rank = dist_env()
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"RANK {rank} is outside WORLD_SIZE {world}; start several processes "
@@ -160,9 +161,11 @@ def make_runtime(device: str, precision: str, channels_last: bool | None,
     else:
         dev = resolve_device(device)
     resolved = resolve_precision(precision, dev)
-    # Measured on this project's CPU: channels_last is 5-15% slower there (oneDNN picks its
-    # own blocked layout), while on CUDA tensor cores want NHWC.
-    cl = channels_last if channels_last is not None else dev.type == "cuda"
+    # Measured on this project's CPU: channels_last is 5-15% slower there for StarGAN v1
+    # (oneDNN picks its own blocked layout) but about 28% faster for StarGAN v2 in bf16
+    # (benchmarks/bench_train.py --family stargan-v2); on CUDA tensor cores want NHWC.
+    cl = channels_last if channels_last is not None else (
+        dev.type == "cuda" or (cpu_channels_last and resolved == "bf16"))
     return Runtime(device=dev, precision=resolved, channels_last=cl, rank=rank,
                    world_size=world, batch=batch_size // world)
 

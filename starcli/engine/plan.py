@@ -84,9 +84,10 @@ def describe_run(cfg: TrainConfig) -> RunPlan:
     Raises the same errors `train` would raise before doing any work (unknown dataset,
     image size not prepared, D too deep, unavailable device).
     """
-    runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.batch_size)
-    datasets, layout = _open_datasets(cfg)
     family = get_family(cfg.family)
+    runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.batch_size,
+                           cpu_channels_last=getattr(family, "cpu_channels_last", False))
+    datasets, layout = _open_datasets(cfg)
     return RunPlan(cfg=cfg, datasets=datasets, layout=layout,
                    model=family.model_config(cfg.options, cfg.image_size, layout),
                    runtime=runtime, family=family)
