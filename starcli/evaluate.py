@@ -104,6 +104,7 @@ class EvalConfig:
     precision: str = "fp32"  # fp32, or bf16 autocast for G (faster, numbers shift slightly)
     classifier_epochs: int | None = None  # None: the classifier's automatic choice
     grid_images: int = 6  # input faces per sample grid
+    styles: int = 10  # style-based families: latent outputs per face (the v2 protocol's 10)
 
     def __post_init__(self) -> None:
         metrics = tuple(dict.fromkeys(m.strip().lower() for m in self.metrics if m.strip()))
@@ -117,6 +118,8 @@ class EvalConfig:
             raise ConfigError(f"--num-images must be at least 1 (got {self.num_images}).")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if self.styles < 1:
+            raise ConfigError(f"--styles must be at least 1 (got {self.styles}).")
         if self.grid_images < 0:
             raise ConfigError(f"grid_images must be 0 or more (got {self.grid_images}).")
         if self.classifier_epochs is not None and self.classifier_epochs < 1:
@@ -496,6 +499,18 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
             "real": None if ceiling["overall"] is None else 1.0 - ceiling["overall"],
             "paper": dict(PAPER_RAFD_ERROR) if space.format == "rafd" else None,
         }
+    styler = get_family(ckpt.family).translator(ckpt, device, "fp32", fast=False)
+    if clf is not None and getattr(styler, "has_styles", False):
+        # Style-based families: latent and reference guidance, diversity (eval_styles).
+        from starcli.eval_styles import style_metrics
+
+        test = np.concatenate([b[0] for b in iterate_split(judge, cfg.split, batch_size=256,
+                                                           limit=total)])
+        log(progress, f"eval {ds.name}: latent ({cfg.styles} styles per face) and reference "
+                      "guidance")
+        section["styles"] = style_metrics(styler, judge.space, clf, columns,
+                                          ckpt.model.domains, test, styles=cfg.styles,
+                                          seed=cfg.seed, batch_size=cfg.batch_size)
     section["_grid"] = (np.concatenate(inputs) if inputs else None,
                         [(t.target.name, np.concatenate(t.samples)) for t in tallies
                          if t.samples])
@@ -569,6 +584,13 @@ def _summary(sections: list[dict[str, Any]], transfer: list[dict[str, Any]] | No
     summary["targets"] = len(every)
     summary["images"] = sum(s["images"] for s in sections)
     # The headline figures (issue 14's demo table), under the names a closing table prints.
+    styled = [s for s in sections if s.get("styles")]
+    if styled:
+        st = styled[0]["styles"]
+        summary["styles"] = {s["dataset"]: s["styles"] for s in styled}
+        summary["latent_success"] = st["latent"]["success"]
+        summary["reference_success"] = st["reference"]["success"]
+        summary["diversity_l1"] = st["latent"]["diversity_l1"]
     summary["figures"] = {
         "success": summary["success"],
         "identity_l1": summary["identity_l1"],
@@ -577,6 +599,10 @@ def _summary(sections: list[dict[str, Any]], transfer: list[dict[str, Any]] | No
         "retention": summary["retention"],
         "transfer": summary["transfer"],
     }
+    if styled:
+        summary["figures"].update(latent_success=summary["latent_success"],
+                                  reference_success=summary["reference_success"],
+                                  diversity_l1=summary["diversity_l1"])
     return summary
 
 

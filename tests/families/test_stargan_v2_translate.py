@@ -132,3 +132,28 @@ def test_style_options_are_refused_for_label_families_and_bad_refs(v2, tmp_path)
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "cli" / "Male").glob("*-s01.png"))) == 3
+
+
+def test_eval_reports_latent_and_reference_guidance_and_diversity(v2, tmp_path):
+    from starcli.evaluate import EvalConfig, evaluate
+
+    home, ckpt = v2
+    report = evaluate(EvalConfig(checkpoint=ckpt, home=home, metrics=("accuracy",),
+                                 num_images=24, classifier_epochs=1, styles=3, device="cpu",
+                                 out=tmp_path / "report"))
+    st = report["summary"]["styles"]["demo-celeba"]
+    assert st["styles"] == 3 and st["domains"] == ["female", "male"]
+    for mode in ("latent", "reference"):
+        assert 0.0 <= st[mode]["success"] <= 1.0
+        assert set(st[mode]["per_domain"]) <= {"female", "male"}
+    # Different z give different pictures: the tiny model is barely trained, not constant.
+    assert st["latent"]["diversity_l1"] > 0
+    groups = list(st["reference"]["style_match"])
+    assert len(groups) == 1 and "Black_Hair" in groups[0]  # the hair colours, not Male
+    assert 0 <= st["latent"]["distinct"][groups[0]] <= 3
+    assert st["reference"]["identity_l1_frame"] is not None
+    figures = report["summary"]["figures"]
+    assert figures["latent_success"] == st["latent"]["success"]
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["summary"]["styles"]["demo-celeba"]["latent"]["success"] == \
+        st["latent"]["success"]
