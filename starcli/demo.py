@@ -59,6 +59,11 @@ CROPS = {"demo-celeba": 150, "demo-rafd": 200}
 # single-dataset runs.
 MIX = (1.0, 3.0)
 TRANSLATE_TARGETS = ("Blond_Hair", "Male=flip", "Smiling", "happy", "surprised")
+DEMO_FAMILIES = ("stargan-v1", "stargan-v2")
+# StarGAN v2's demo: demo-celeba's female/male, latent styles and references.
+V2_DOMAINS = "Male"
+V2_STYLES = 3  # latent styles per face and domain in the translated folder
+V2_REFS = 3  # references per domain
 MARKER = ".starcli-demo.json"  # marks <out> as a demo folder whose outputs a rerun may replace
 OUTPUTS = ("run", "faces", "translated", "report")
 
@@ -78,8 +83,12 @@ class DemoConfig:
     seed: int = 0  # training and eval-classifier seed (the data is always drawn with seed 0)
     workers: int | None = None  # processes for drawing and preparing (None: up to 4)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    family: str = "stargan-v1"  # stargan-v1 (joint CelebA+RaFD) or stargan-v2 (female/male)
 
     def __post_init__(self) -> None:
+        if self.family not in DEMO_FAMILIES:
+            raise UsageError(f"--family {self.family!r}: the demo runs "
+                             f"{' or '.join(DEMO_FAMILIES)}.")
         if self.home is not None:
             object.__setattr__(self, "home", Path(self.home))
         object.__setattr__(self, "out", Path(self.out))
@@ -160,7 +169,8 @@ def _claim_out(out: Path) -> None:
     atomic_write_json(out / MARKER, {"format": "starcli-demo", "version": 1})
 
 
-def _export_faces(home: Path, size: int, per_dataset: int, faces_dir: Path) -> list[Path]:
+def _export_faces(home: Path, size: int, per_dataset: int, faces_dir: Path,
+                  datasets: tuple[str, ...] = DEMO_DATASETS) -> list[Path]:
     """Copies of evenly spaced test-split raw files of each demo dataset (the 178x218 and
     256x320 JPEGs exactly as drawn) under faces/<dataset>/: translate then frames them with
     the recipe the model was trained with, as it would a user's own copy of the data."""
@@ -170,7 +180,7 @@ def _export_faces(home: Path, size: int, per_dataset: int, faces_dir: Path) -> l
 
     registry = load_registry(home)
     written: list[Path] = []
-    for name in DEMO_DATASETS:
+    for name in datasets:
         ds = open_prepared(home, name, size)
         names = ds.source_names("test")
         rows = np.unique(np.linspace(0, len(names) - 1, min(per_dataset, len(names)))
@@ -253,6 +263,8 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
     Raises UsageError for an `out` folder holding someone else's files, and whatever the
     steps raise (their messages name the step's command to retry).
     """
+    if cfg.family == "stargan-v2":
+        return _run_demo_v2(cfg, progress, on_step)
     from starcli.config import TrainConfig
 
     started = time.perf_counter()
@@ -387,6 +399,157 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
                       "targets": [{k: r.get(k) for k in ("target", "success", "accuracy",
                                                          "ceiling", "reconstruction_l1",
                                                          "eligible")}
+                                  for r in s["targets"]]}
+                     for s in report["datasets"]],
+    }
+    atomic_write_json(out / "demo.json", result)
+    return result
+
+
+def _export_references(home: Path, size: int, per_domain: int, refs_dir: Path) -> list[Path]:
+    """Test-split raw demo-celeba files as references under refs/<female|male>/ (their own
+    Male label picks the folder, which translate reads as the reference's domain); taken
+    from the end of the split so they are other faces than the translated ones."""
+    from starcli.data.dataset import open_prepared
+    from starcli.data.registry import load_registry
+    from starcli.paths import raw_dir
+
+    ds = open_prepared(home, "demo-celeba", size)
+    names = ds.source_names("test")
+    male = ds.labels("test")[:, list(ds.space.names).index("Male")] > 0.5
+    images = raw_dir(home, "demo-celeba") / load_registry(home).get("demo-celeba").image_dir
+    written = []
+    for domain, rows in (("female", np.flatnonzero(~male)), ("male", np.flatnonzero(male))):
+        folder = refs_dir / domain
+        folder.mkdir(parents=True, exist_ok=True)
+        for row in rows[::-1][:per_domain]:
+            path = folder / Path(names[row]).name
+            atomic_write_bytes(path, (images / names[row]).read_bytes(), durable=False)
+            written.append(path)
+    return written
+
+
+def _run_demo_v2(cfg: DemoConfig, progress: Progress | None,
+                 on_step: Callable[[DemoStep], None] | None) -> dict[str, Any]:
+    """`starcli demo --family stargan-v2`: demo-celeba's female/male with StarGAN v2, latent
+    styles and references, measured by eval's style figures (`starcli.eval_styles`)."""
+    from starcli.config import TrainConfig
+    from starcli.data.fetch import FetchConfig, fetch
+    from starcli.data.prepare import PrepareConfig, prepare
+    from starcli.engine import train
+    from starcli.evaluate import EvalConfig, evaluate
+    from starcli.translate import TranslateConfig, translate
+
+    started = time.perf_counter()
+    home = resolve_home(cfg.home)
+    out = cfg.out
+    train_cfg = TrainConfig.from_preset(
+        "demo", family="stargan-v2", datasets=("demo-celeba",),
+        home=str(cfg.home) if cfg.home is not None else None, run_dir=str(out / "run"),
+        iters=cfg.iters, seed=cfg.seed, device=cfg.device, domains=V2_DOMAINS)
+    size = train_cfg.image_size
+    _claim_out(out)
+    workers = _workers(cfg)
+    timer = _Timer()
+    commands: list[str] = []
+    total = 6
+
+    def step(number: int, title: str, command: str | None) -> float:
+        if command is not None:
+            commands.append(command)
+        if on_step is not None:
+            on_step(DemoStep(number, total, title, command))
+        return time.perf_counter()
+
+    hf = _home_flag(cfg)
+    dev = f" --device {cfg.device}" if cfg.device != "auto" else ""
+    seed_flag = f" --seed {cfg.seed}" if cfg.seed else ""
+    t = step(1, "Draw the synthetic demo-celeba faces",
+             f"starcli fetch demo-celeba{f' --count {cfg.count}' if cfg.count else ''} "
+             f"--workers {workers}{hf}")
+    fetched = fetch(FetchConfig(home=home, dataset="demo-celeba", count=cfg.count,
+                                workers=workers), progress=progress)
+    timer.add("fetch", t)
+    attrs = ",".join(CELEBA_ATTRS)
+    t = step(2, "Prepare demo-celeba",
+             f"starcli prepare demo-celeba --size {size} --crop {CROPS['demo-celeba']} "
+             f"--attrs {attrs} --workers {workers}{hf}")
+    prepare(PrepareConfig(home=home, dataset="demo-celeba", size=size,
+                          crop=CROPS["demo-celeba"], attrs=CELEBA_ATTRS, workers=workers),
+            progress=progress)
+    timer.add("prepare", t)
+    iters_flag = f" --iters {cfg.iters}" if cfg.iters else ""
+    t = step(3, f"Train StarGAN v2 on female/male ({train_cfg.iters:,} iterations)",
+             f"starcli train --family stargan-v2 --dataset demo-celeba --domains {V2_DOMAINS} "
+             f"--preset demo{iters_flag}{seed_flag}{dev} --run-dir {_q(out / 'run')}{hf}")
+    trained = train(train_cfg, progress=progress)
+    timer.add("train", t)
+    if trained.get("interrupted"):
+        raise StarcliError(f"the demo stopped during training (step {trained['step']:,} of "
+                           f"{trained['iters']:,}); run `starcli demo --family stargan-v2` "
+                           "again to start over.")
+    run_dir = Path(trained["run_dir"])
+
+    t = step(4, f"Copy {cfg.faces} held-out raw test files and {V2_REFS} references per "
+                "domain", None)
+    faces = _export_faces(home, size, cfg.faces, out / "faces", ("demo-celeba",))
+    refs = _export_references(home, size, V2_REFS, out / "refs")
+    timer.add("faces", t)
+    t = step(5, "Translate: latent styles per domain, then the styles of the references",
+             f"starcli translate {_q(out / 'faces')} --to female --to male --styles "
+             f"{V2_STYLES} --seed 0 --grid -c {_q(run_dir)} --out {_q(out / 'translated')}"
+             f"{dev}{hf}")
+    latent = translate(TranslateConfig(
+        inputs=(out / "faces",), targets=("female", "male"), styles=V2_STYLES, seed=0,
+        checkpoint=run_dir, out=out / "translated", grid=True, device=cfg.device,
+        home=cfg.home), progress=progress)
+    commands.append(f"starcli translate {_q(out / 'faces')} --ref {_q(out / 'refs')} --grid "
+                    f"-c {_q(run_dir)} --out {_q(out / 'referenced')}{dev}{hf}")
+    referenced = translate(TranslateConfig(
+        inputs=(out / "faces",), targets=(), refs=(out / "refs",), checkpoint=run_dir,
+        out=out / "referenced", grid=True, device=cfg.device, home=cfg.home),
+        progress=progress)
+    keys = [t["slug"] for t in latent.targets]
+    grid = _contact_sheet(latent.out, latent.manifest, tuple(keys),
+                          out / "translated" / "grid.png")
+    timer.add("translate", t)
+
+    eval_flags = (f" --num-images {cfg.eval_images}" if cfg.eval_images else "") + \
+        (f" --classifier-epochs {cfg.classifier_epochs}" if cfg.classifier_epochs else "") + \
+        seed_flag + dev
+    t = step(6, "Measure: latent and reference guidance on every test face, judged by a "
+                "classifier", f"starcli eval --checkpoint {_q(run_dir)} --metrics accuracy"
+                f"{eval_flags} --out {_q(out / 'report')}{hf}")
+    report = evaluate(EvalConfig(
+        checkpoint=run_dir, home=cfg.home, metrics=("accuracy",), num_images=cfg.eval_images,
+        out=out / "report", seed=cfg.seed, device=cfg.device,
+        classifier_epochs=cfg.classifier_epochs), progress=progress)
+    timer.add("eval", t)
+    files = report.get("files", {})
+    matrix = referenced.out / "_grid" / "reference-matrix.png"
+    result: dict[str, Any] = {
+        "family": "stargan-v2", "home": str(home), "out": str(out),
+        "full_budget": cfg.is_full, "seconds": round(time.perf_counter() - started, 2),
+        "timings": timer.seconds, "commands": commands,
+        "data": {"fetched": fetched, "image_size": size, "crops": dict(CROPS)},
+        "train": {k: trained.get(k) for k in ("run_dir", "checkpoint", "step", "iters",
+                                               "seconds", "images_per_s", "device",
+                                               "precision", "samples")},
+        "faces": {"dir": str(out / "faces"), "files": [str(p) for p in faces],
+                  "refs": [str(p) for p in refs]},
+        "translate": {"out": str(latent.out), "grids": str(latent.out / "_grid"),
+                      "grid": str(grid) if grid else None, "manifest": str(latent.manifest),
+                      "translated": latent.translated, "targets": latent.targets,
+                      "referenced": str(referenced.out),
+                      "reference_matrix": str(matrix) if matrix.is_file() else None},
+        "report": {"dir": str(out / "report"), "markdown": files.get("markdown"),
+                   "json": files.get("json"), "samples": files.get("samples", {}),
+                   "chart": files.get("chart")},
+        "summary": report["summary"],
+        "styles": report["summary"].get("styles", {}).get("demo-celeba"),
+        "datasets": [{"dataset": s["dataset"], "mean": s["mean"],
+                      "targets": [{k: r.get(k) for k in ("target", "success", "accuracy",
+                                                         "ceiling", "eligible")}
                                   for r in s["targets"]]}
                      for s in report["datasets"]],
     }

@@ -299,6 +299,24 @@ def _resolve_checkpoint_arg(checkpoint: Path | None, home: Path | None) -> Path 
     return target
 
 
+def _domain_specs(specs: Sequence[str], checkpoint: Path | None,
+                  home: Path | None) -> tuple[str, ...]:
+    """--to specs with a two-domain model's domain names spelled as labels: `female` on a
+    model over the domains female/male of `Male` is `Male=0` (`male` already reads as Male).
+    Other specs are left as they are."""
+    try:
+        meta = read_meta(resolve_checkpoint(_resolve_checkpoint_arg(checkpoint, home)))
+        domains = (meta.get("model") or {}).get("domains") or {}
+    except (CheckpointError, OSError, ValueError, TypeError):
+        return tuple(specs)
+    if domains.get("kind") != "binary" or not domains.get("labels"):
+        return tuple(specs)
+    label, names = domains["labels"][0], [n.lower() for n in domains["names"]]
+    return tuple(f"{label}={names.index(s.strip().lower())}"
+                 if s.strip().lower() in names and s.strip().lower() != label.lower() else s
+                 for s in specs)
+
+
 def _load_model(cfg: TranslateConfig, targets_need_d: Callable[[LabelLayout], bool],
                 device: torch.device) -> LoadedCheckpoint:
     """The checkpoint, with D only when it exists and some target needs the inputs' own
@@ -344,8 +362,8 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
     def parse(layout: LabelLayout) -> list[Target]:
         if "t" not in parsed:
             parsed["t"] = [] if cfg.refs else parse_targets(
-                cfg.targets, layout, aliases=registry_aliases,
-                mix_label_spaces=cfg.mix_label_spaces)
+                _domain_specs(cfg.targets, cfg.checkpoint, cfg.home), layout,
+                aliases=registry_aliases, mix_label_spaces=cfg.mix_label_spaces)
         return parsed["t"]
 
     ckpt = _load_model(cfg, lambda lay: bool(cfg.refs and cfg.ref_domain is None) or

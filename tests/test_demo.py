@@ -131,3 +131,44 @@ def test_an_interrupted_training_stops_the_demo(tmp_path: Path, monkeypatch) -> 
     cfg = DemoConfig.quick(home=tmp_path / "home", out=tmp_path / "out", workers=0)
     with pytest.raises(StarcliError, match=r"stopped during training \(step 3 of"):
         run_demo(cfg)
+
+
+@pytest.mark.slow
+def test_demo_stargan_v2_quick_runs_latent_and_reference_steps(tmp_path: Path) -> None:
+    """`starcli demo --family stargan-v2 --quick`: every step, the latent styles, the
+    references sorted by domain, the reference matrix, and eval's style figures."""
+    from PIL import Image
+
+    from starcli.demo import V2_REFS, V2_STYLES
+
+    home, out = tmp_path / "home", tmp_path / "v2"
+    steps = []
+    cfg = DemoConfig.quick(home=home, out=out, workers=0, family="stargan-v2", iters=4)
+    result = run_demo(cfg, on_step=steps.append)
+    commands = [s.command for s in steps if s.command]
+    assert [c.split()[1] for c in commands] == ["fetch", "prepare", "train", "translate",
+                                                "eval"]
+    assert "--family stargan-v2 --dataset demo-celeba --domains Male" in commands[2]
+    faces = sorted((out / "faces").rglob("*.jpg"))
+    assert len(faces) == cfg.faces and {Image.open(p).size for p in faces} == {(178, 218)}
+    refs = sorted(p.relative_to(out / "refs").parts[0] for p in (out / "refs").rglob("*.jpg"))
+    assert refs == ["female"] * V2_REFS + ["male"] * V2_REFS
+    # Latent: one file per face, domain and style.
+    styled = sorted((out / "translated").glob("Male*/*/*.png"))  # female: Male=0, male: Male
+    assert len(styled) == cfg.faces * 2 * V2_STYLES
+    # References: one folder per reference, each with every face.
+    assert len(list((out / "referenced" / "ref").glob("*/*/*.png"))) == cfg.faces * 2 * V2_REFS
+    assert Path(result["translate"]["reference_matrix"]).is_file()
+    assert Path(result["translate"]["grid"]).is_file()
+    st = result["styles"]
+    assert st["domains"] == ["female", "male"]
+    assert set(st["latent"]["per_domain"]) == {"female", "male"}
+    assert st["latent"]["success"] == pytest.approx(
+        sum(st["latent"]["per_domain"].values()) / 2)
+    assert json.loads((out / "demo.json").read_text())["family"] == "stargan-v2"
+
+    # The CLI prints the v2 table and names both pictures.
+    res = CliRunner().invoke(app, ["demo", "--family", "stargan-v2", "--quick", "--iters",
+                                   "2", "--out", str(out), "--home", str(home)])
+    assert res.exit_code == 0, res.output
+    assert "latent" in res.output and "reference-matrix.png" in res.output

@@ -42,6 +42,10 @@ def demo(
                                  "[default: up to 4].", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
                       ] = "auto",
+    family: Annotated[str, typer.Option(
+        "--family", help="stargan-v1 (one joint model over demo-celeba and demo-rafd) or "
+                         "stargan-v2 (female/male with latent and reference styles).")
+    ] = "stargan-v1",
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -57,13 +61,15 @@ def demo(
       starcli demo
 
       starcli demo --out /tmp/demo --home /tmp/starcli-data
+
+      starcli demo --family stargan-v2
     """
     from rich.markup import escape
 
     from starcli.demo import DemoConfig, quick_config, run_demo
 
     cfg = DemoConfig(home=home, out=out, iters=iters, seed=seed, workers=workers,
-                     device=device)
+                     device=device, family=family)
     if quick:
         cfg = quick_config(cfg)
 
@@ -86,7 +92,71 @@ _BARS = (("success", "success", ">=", 0.90), ("retention", "retention", ">=", 0.
          ("identity_l1_frame_no_male", "identity L1 (frame, Male flips apart)", "<=", 0.08))
 
 
+# StarGAN v2's demo bars (issue 15), on held-out faces.
+_V2_BARS = (("latent_success", "latent success", ">=", 0.90),
+            ("reference_success", "reference success", ">=", 0.90))
+
+
+def _print_v2_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    st = result.get("styles") or {}
+    table = Table(title="StarGAN v2 on held-out test faces", title_justify="left")
+    for name, justify in (("guidance", "left"), ("domain", "left"), ("success", "right")):
+        table.add_column(name, justify=justify)
+    for mode in ("latent", "reference"):
+        part = st.get(mode) or {}
+        for domain, value in (part.get("per_domain") or {}).items():
+            table.add_row(mode, f"→ {domain}", _pct(value))
+        table.add_row(f"[bold]{mode}[/]", "[bold]all[/]", f"[bold]{_pct(part.get('success'))}[/]",
+                      end_section=True)
+    console.print()
+    console.print(table)
+    lat, ref = st.get("latent") or {}, st.get("reference") or {}
+    lines = [f"latent diversity: mean pairwise L1 {_num(lat.get('diversity_l1'))} between "
+             f"one face's {st.get('styles')} styles"]
+    for group, value in (lat.get("distinct") or {}).items():
+        lines.append(f"distinct {group.replace('+', '/')} among them: {value:.2f}"
+                     if value is not None else f"distinct {group}: –")
+    for group, value in (ref.get("style_match") or {}).items():
+        lines.append(f"reference-guided outputs with the reference's {group.replace('+', '/')}"
+                     f": {_pct(value)}")
+    lines.append(f"identity L1 of reference-guided outputs: {_num(ref.get('identity_l1'))} "
+                 f"whole, {_num(ref.get('identity_l1_frame'))} frame (pose and background "
+                 "are the source's)")
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    figures = result["summary"].get("figures") or {}
+    parts = []
+    for key, label, op, bar in _V2_BARS:
+        value = figures.get(key)
+        if value is not None:
+            ok = value >= bar if op == ">=" else value <= bar
+            parts.append(f"{'[green]✓[/]' if ok else '[red]✗[/]'} {label} {_pct(value)} "
+                         f"(bar {op} {bar:g})")
+    if parts:
+        console.print("; ".join(parts), soft_wrap=True)
+    if not result.get("full_budget"):
+        console.print("[yellow]Reduced budget:[/] these numbers say the chain runs, not how "
+                      "well the demo recipe learns.")
+    train = result["train"]
+    console.print(f"\n[green]✓[/] demo finished in {result['seconds']:.0f}s "
+                  f"(training {train['seconds']:.0f}s, {train['step']:,} iterations, "
+                  f"{train['device']}, {train['precision']})")
+    tr = result["translate"]
+    if tr.get("grid"):
+        console.print(f"  look at this:     {tr['grid']} (raw test files and their latent "
+                      "styles per domain)")
+    if tr.get("reference_matrix"):
+        console.print(f"  and this:         {tr['reference_matrix']} (sources across, "
+                      "references down)")
+    console.print(f"  report:           {result['report']['markdown']}")
+
+
 def _print_result(result: dict[str, Any]) -> None:
+    if result.get("family") == "stargan-v2":
+        _print_v2_result(result)
+        return
     from rich.table import Table
 
     table = Table(title="Results on held-out test faces", title_justify="left")
