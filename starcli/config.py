@@ -46,7 +46,7 @@ RESUME_OVERRIDABLE = ("iters", "device", "workers", "compile", "channels_last", 
 # Family option fields a resumed run may change: the learning rates (the way out of a
 # non-finite loss, which an exact resume would otherwise replay). Recorded in the run's
 # environment.json under its resumes.
-RESUME_OVERRIDABLE_OPTIONS = ("g_lr", "d_lr")
+RESUME_OVERRIDABLE_OPTIONS = ("g_lr", "d_lr", "lr", "f_lr")  # learning rates (per family)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 

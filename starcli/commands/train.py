@@ -192,11 +192,13 @@ def train(
         "--mix", help="Joint sampling weights per dataset, e.g. 1,1 (default: alternate "
                       "batches 1:1 as the paper).", show_default=False)] = None,
     family: Annotated[str | None, typer.Option(
-        "--family", help="Model family: stargan-v1 or cyclegan (one pair of --domains). "
+        "--family", help="Model family: stargan-v1, stargan-v2 (K --domains, latent and "
+                         "reference styles) or cyclegan (one pair of --domains). "
                          "[default: stargan-v1]", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="stargan-v1: paper (official hyper-parameters), demo (fast CPU "
-                         "recipe) or tiny (tests); cyclegan: cyclegan-paper, demo or tiny. "
+                         "recipe) or tiny (tests); stargan-v2: v2-afhq, v2-celeba-hq, demo or "
+                         "tiny; cyclegan: cyclegan-paper, demo or tiny. "
                          "[default: the family's paper preset]", show_default=False)] = None,
     iters: Annotated[int | None, typer.Option("--iters", min=1, help="Training iterations.",
                                               show_default=False)] = None,
@@ -269,6 +271,8 @@ def train(
       starcli train --dataset demo-celeba --preset demo
 
       starcli train --family cyclegan --dataset demo-celeba --domains Male --preset demo
+
+      starcli train --family stargan-v2 --dataset afhq --domains all --preset v2-afhq
 
       starcli train --joint --datasets celeba,rafd --preset paper --device cuda
 
