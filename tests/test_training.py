@@ -248,7 +248,8 @@ def test_short_run_lowers_classification_loss(celeba_home, tmp_path):
     from PIL import Image
 
     w, h = Image.open(grid).size
-    assert (w, h) == (4 * (SIZE + 2) + 2, 8 * (SIZE + 2) + 2)  # 4 columns, 8 fixed inputs
+    k = -(-128 // SIZE)  # small tiles are enlarged, nearest neighbour, to >= 128 px
+    assert (w, h) == (k * (4 * (SIZE + 2) + 2), k * (8 * (SIZE + 2) + 2))  # 4 x 8 inputs
 
 
 def test_joint_run_uses_both_label_spaces(joint_home, tmp_path):

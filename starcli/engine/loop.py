@@ -510,7 +510,13 @@ def _run(cfg: TrainConfig, plan: RunPlan, stream: TrainStream, run_dir: Path | N
                     if on_log is not None:
                         on_log(record)
                 if do_sample and sampler is not None:
-                    last_sample = io.samples(step, sampler.grid(inference, rt))
+                    # Small models' grids are enlarged (nearest neighbour) to tiles of at
+                    # least 128 px, so a 32 px run's samples can be looked at.
+                    k = max(1, -(-128 // cfg.image_size))
+                    grid = sampler.grid(inference, rt)
+                    if k > 1:
+                        grid = np.repeat(np.repeat(grid, k, axis=0), k, axis=1)
+                    last_sample = io.samples(step, grid)
                 if do_save:
                     last_ckpt = save(step) or last_ckpt
                     last_saved_step = step
