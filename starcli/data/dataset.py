@@ -28,7 +28,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -490,8 +490,19 @@ class _Schedule:
     _MIX_BLOCK = 1024  # dataset choices drawn per generator when sampling by weights
 
     def __init__(self, seed: int, sizes: Sequence[int], batch_size: int, rank: int,
-                 world_size: int, mix: Sequence[float] | None) -> None:
+                 world_size: int, mix: Sequence[float] | None,
+                 classes: Sequence[np.ndarray | None] | None = None) -> None:
         self.seed = seed % 2**63
+        # Class-balanced epochs (StarGAN v2's sampler): row weights 1/count(class), rows of
+        # class -1 never drawn; an epoch is then len(rows) draws with replacement.
+        self.row_p: list[np.ndarray | None] = [None] * len(sizes)
+        for d, cls in enumerate(classes or ()):
+            if cls is None:
+                continue
+            cls = np.asarray(cls)
+            counts = np.bincount(cls[cls >= 0])
+            w = np.where(cls >= 0, 1.0 / np.maximum(counts[np.maximum(cls, 0)], 1), 0.0)
+            self.row_p[d] = w / w.sum()
         self.sizes = list(sizes)
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
@@ -515,7 +526,9 @@ class _Schedule:
         cached = self._epoch_cache.get(d)
         if cached is None or cached[0] != epoch:
             n = self.sizes[d]
-            perm = np.random.default_rng([self.seed, d, epoch, 0]).permutation(n)
+            rng = np.random.default_rng([self.seed, d, epoch, 0])
+            p = self.row_p[d]
+            perm = rng.permutation(n) if p is None else rng.choice(n, n, replace=True, p=p)
             flips = np.random.default_rng([self.seed, d, epoch, 1]).random(n) < 0.5
             keep = self.per_rank[d] * self.world_size  # drop the tail so ranks are equal
             cached = (epoch, perm[:keep][self.rank::self.world_size],
@@ -646,13 +659,17 @@ class TrainStream:
     Batches hold `batch_size` rows of one dataset. With `mix=None` datasets alternate
     0,1,0,1,… (StarGAN's 1:1 joint training); otherwise each batch's dataset is drawn with
     the given weights. Each epoch of a dataset is a fresh permutation of its split; with
-    `world_size > 1` rank r takes every world_size-th row of it.
+    `world_size > 1` rank r takes every world_size-th row of it. With `balance` (a row's
+    class from its labels) an epoch is instead as many draws with replacement, each class
+    equally likely (StarGAN v2's class-balanced sampler): still a pure function of the seed
+    and the cursor, so resume stays exact.
     """
 
     def __init__(self, datasets: Sequence[PreparedDataset], layout: LabelLayout, *,
                  batch_size: int, split: str = "train", augment: bool = True,
                  workers: int = 0, seed: int = 0, mix: Sequence[float] | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1,
+                 balance: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         datasets = list(datasets)
         if not datasets:
             raise ConfigError("TrainStream needs at least one prepared dataset.")
@@ -693,8 +710,17 @@ class TrainStream:
         # Full label vectors of every row, once: encoding per batch cost more than reading.
         self._c = [layout.encode(i, labels) for i, labels in zip(space_indices, self._labels,
                                                                  strict=True)]
+        # `balance(labels)`: the class of each row from its own-space labels (-1: none),
+        # for class-balanced sampling (StarGAN v2 over its domains).
+        classes = None if balance is None else [np.asarray(balance(np.asarray(lab)))
+                                                for lab in self._labels]
+        if classes is not None:
+            for d, cls in zip(datasets, classes, strict=True):
+                if not (np.asarray(cls) >= 0).any():
+                    raise ConfigError(f"{d.name}: no {split} image falls in any of the "
+                                      "model's domains; check --domains.")
         self._schedule = _Schedule(seed, [len(r) for r in readers], batch_size, rank,
-                                   world_size, mix)
+                                   world_size, mix, classes)
         # The consumed position: what state_dict() reports and where iteration restarts.
         self._step = 0
         self._epochs = [0] * len(datasets)

@@ -217,9 +217,11 @@ def _train(cfg: TrainConfig, plan: RunPlan, progress: Progress | None,
             run_dir = None
     else:
         run_dir = None  # created once the data stream is open (a branch: likewise)
+    balance = getattr(plan.family, "balance", None)
     stream = TrainStream(plan.datasets, plan.layout, batch_size=rt.batch, augment=cfg.augment,
                          workers=cfg.workers, seed=cfg.seed, mix=cfg.mix,
-                         rank=rt.rank, world_size=rt.world_size)
+                         rank=rt.rank, world_size=rt.world_size,
+                         balance=balance(plan.model) if balance is not None else None)
     try:
         return _run(cfg, plan, stream, run_dir, resume_dir, progress, on_log, stop_event, warn)
     finally:

@@ -469,3 +469,34 @@ def test_checksum_mismatch_without_read_error(data, tmp_path):
         f["labels/expression"][0] = (f["labels/expression"][0] + 1) % 8
     with pytest.raises(ShardError, match=r"test-00001\.h5 fails its content checksum"):
         open_prepared(home, "demo-rafd").verify()
+
+
+def test_class_balanced_stream_is_balanced_deterministic_and_resumes(celeba):
+    """`balance` (StarGAN v2's sampler): each class equally likely, rows of no class never
+    drawn, the same batches for a seed, and an exact resume from the state."""
+    layout = joint_layout([celeba])
+    labels = celeba.labels("train")
+    male = list(celeba.space.names).index("Male")
+
+    def rare_male(lab):  # class 1 = male; make every other male row "in no class"
+        cls = (lab[:, male] > 0.5).astype(np.int64)
+        rows = np.flatnonzero(cls == 1)
+        cls[rows[1::2]] = -1
+        return cls
+
+    classes = rare_male(labels)
+    share = (classes == 1).sum() / (classes >= 0).sum()
+    with TrainStream([celeba], layout, batch_size=16, seed=3, balance=rare_male) as s:
+        batches = take(s, 12)
+    drawn = np.concatenate([b.indices.numpy() for b in batches])
+    assert set(classes[drawn].tolist()) <= {0, 1}  # never a row of no class
+    assert abs((classes[drawn] == 1).mean() - 0.5) < 0.15 < abs(share - 0.5)
+    with TrainStream([celeba], layout, batch_size=16, seed=3, balance=rare_male) as again:
+        assert_same(take(again, 5), batches[:5])
+        state = json.loads(json.dumps(again.state_dict()))
+    with TrainStream([celeba], layout, batch_size=16, seed=3, balance=rare_male) as resumed:
+        resumed.load_state_dict(state)
+        assert_same(take(resumed, 7), batches[5:12])
+    with pytest.raises(ConfigError, match="no train image falls in any"):
+        TrainStream([celeba], layout, batch_size=16, balance=lambda lab: -np.ones(len(lab),
+                                                                                   np.int64))

@@ -96,6 +96,12 @@ class StarGANv2:
     # (benchmarks/bench_train.py --family stargan-v2); runtime.make_runtime reads this.
     cpu_channels_last = True
 
+    def balance(self, model: V2Model):
+        """The engine's stream draws sources class-balanced over the domains (the official
+        source loader's weighted sampler); rows in no domain are never drawn."""
+        domains = model.domains
+        return None if domains is None else domains.assign
+
     def model_config(self, options: StarGANv2Options, image_size: int, layout) -> V2Model:
         options.check_trainable()
         domains = _domains(options, layout)
