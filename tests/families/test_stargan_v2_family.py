@@ -289,4 +289,9 @@ def test_sources_drop_rows_in_no_domain_and_the_grid_shows_every_domain(home, tm
     grid = plan.family.sampler(plan.datasets, plan.layout, torch.device("cpu")).grid(
         {**built.modules, **built.averages}, plan.runtime)
     s, pad = 32, 2
-    assert grid.shape == (FACES * 2 * (s + pad) + pad, (1 + STYLES) * (s + pad) + pad, 3)
+    latent_w = (1 + STYLES) * (s + pad) + pad  # input + styles, a row per face and domain
+    matrix_w = (1 + FACES) * (s + pad) + pad  # beside it: references down, faces across
+    assert grid.shape == (FACES * 2 * (s + pad) + pad, latent_w + 8 + matrix_w, 3)
+    # The matrix's top-left tile is blank (white) and its top row shows the faces.
+    corner = grid[pad:pad + s, latent_w + 8 + pad:latent_w + 8 + pad + s]
+    assert (corner == 255).all()

@@ -1,5 +1,8 @@
 """StarGAN v2 sample grids: a few test faces, each translated into every domain with a few
-latent styles (the moving averages; fixed z, so grids of one run compare across steps)."""
+latent styles (the moving averages; fixed z, so grids of one run compare across steps), and
+beside them the paper's reference matrix: the same faces across the top, other test faces
+down the left as references, each cell a face in a reference's style (the reference's
+domain read by D)."""
 
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ class Sampler:
     def __init__(self, datasets: tuple[PreparedDataset, ...], device: torch.device) -> None:
         ds = datasets[0]
         split = next((s for s in ("test", "valid", "train") if ds.splits.get(s)), "train")
-        images, _, _ = next(iterate_split(ds, split, batch_size=FACES, limit=FACES))
-        self.inputs = to_tensor(images).to(device)
+        images, _, _ = next(iterate_split(ds, split, batch_size=2 * FACES, limit=2 * FACES))
+        self.inputs = to_tensor(images[:FACES]).to(device)
+        self.refs = to_tensor(images[FACES:]).to(device)  # may be empty for tiny splits
         self.columns = ["input"] + [f"style {j + 1}" for j in range(STYLES)]
 
     @torch.no_grad()
@@ -48,13 +52,38 @@ class Sampler:
         for i in range(n):
             for d in range(k):
                 rows.append(torch.cat([x[i:i + 1].float(), out[i, d]]))
-        tiles = torch.stack(rows).cpu()  # (rows, 1 + STYLES, 3, S, S)
-        r, c, _, s, _ = tiles.shape
-        pad = 2
-        canvas = torch.ones(3, r * (s + pad) + pad, c * (s + pad) + pad)
-        for i in range(r):
-            for j in range(c):
-                y0, x0 = pad + i * (s + pad), pad + j * (s + pad)
-                canvas[:, y0:y0 + s, x0:x0 + s] = tiles[i, j]
+        canvas = _canvas(torch.stack(rows).cpu())  # (rows, 1 + STYLES, 3, S, S)
+        E, D = modules.get("E"), modules.get("D")
+        if E is not None and D is not None and len(self.refs):
+            refs = self.refs
+            with rt.autocast():
+                y_ref = D.logits(refs).float().argmax(1)
+                styles = E(refs, y_ref)  # (R, style_dim)
+                r = len(refs)
+                cells = G(x.repeat(r, 1, 1, 1), styles.repeat_interleave(n, 0)).float()
+            cells = cells.view(r, n, *x.shape[1:])
+            blank = torch.ones_like(x[:1]).float()
+            matrix = [torch.cat([blank, x.float()])]
+            matrix += [torch.cat([refs[j:j + 1].float(), cells[j]]) for j in range(r)]
+            right = _canvas(torch.stack(matrix).cpu())
+            h = max(canvas.shape[1], right.shape[1])
+            canvas = torch.cat([_pad_to(canvas, h), torch.ones(3, h, 8), _pad_to(right, h)], 2)
         img = ((canvas.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return img.permute(1, 2, 0).numpy()
+
+
+def _canvas(tiles: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]: (rows, cols, 3, S, S) tiles on white with `pad` gaps."""
+    r, c, _, s, _ = tiles.shape
+    canvas = torch.ones(3, r * (s + pad) + pad, c * (s + pad) + pad)
+    for i in range(r):
+        for j in range(c):
+            y0, x0 = pad + i * (s + pad), pad + j * (s + pad)
+            canvas[:, y0:y0 + s, x0:x0 + s] = tiles[i, j]
+    return canvas
+
+
+def _pad_to(canvas: torch.Tensor, height: int) -> torch.Tensor:
+    """`canvas` with white rows below it up to `height`."""
+    extra = height - canvas.shape[1]
+    return canvas if extra <= 0 else torch.cat([canvas, torch.ones(3, extra, canvas.shape[2])], 1)
