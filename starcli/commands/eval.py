@@ -79,8 +79,9 @@ def eval_(
     outputs_per_input: Annotated[int, typer.Option(
         "--outputs-per-input", min=1, help="fid_v2/lpips: outputs per test image and "
                                            "task.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
-                                            help="Images per model call.")] = 32,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, help="Images per model call (fid_v2/lpips: the source "
+                                          "and reference batch, 32 in the paper).")] = 32,
     classifier_epochs: Annotated[int | None, typer.Option(
         "--classifier-epochs", min=1, help="Epochs for a classifier trained by this run "
                                            "(default: automatic).", show_default=False)] = None,
