@@ -29,6 +29,10 @@ images of that space's prepared dataset are translated to every target domain:
   space's classifier: the StarGAN paper's cross-dataset result.
 - fid: Fréchet Inception Distance between the real test images of the target domain and the
   translations (skipped, with one line saying how to get weights, when none are available).
+- fid_v2, lpips (opt-in; style-based checkpoints, StarGAN v2): the StarGAN v2 paper's protocol
+  (`starcli.eval_v2`): per ordered pair of domains, 10 latent- and 10 reference-guided outputs
+  per test image; FID against the target's train images (`--fid-backbone`), LPIPS diversity;
+  `--seeds N` gives mean ± std. In report.json under "v2_protocol".
 
 Targets, per multi-label space: each exclusive-group member switched on (the rest of its group
 off), and every other label both ways (`Male=1`, `Male=0`); per one-hot space: each class.
@@ -69,11 +73,16 @@ from starcli.paths import resolve_home
 from starcli.progress import Progress, log, progress_task
 from starcli.runtime import resolve_device
 
-__all__ = ["METRICS", "PAPER_RAFD_ERROR", "FRAME_REACHING", "EvalConfig", "EvalTarget",
+__all__ = ["METRICS", "DEFAULT_METRICS", "PAPER_RAFD_ERROR", "FRAME_REACHING", "EvalConfig",
+           "EvalTarget",
            "evaluate", "reachable_targets", "targets_for", "default_out_dir", "frame_mask",
            "identity_l1"]
 
-METRICS = ("accuracy", "reconstruction", "fid")
+METRICS = ("accuracy", "reconstruction", "fid", "fid_v2", "lpips")
+# What runs without --metrics: the StarGAN v2 protocol (fid_v2, lpips) is opt-in (it makes
+# 2 x 10 outputs per test image and task).
+DEFAULT_METRICS = ("accuracy", "reconstruction", "fid")
+V2_METRICS = ("fid_v2", "lpips")
 # StarGAN (CVPR 2018), RaFD expression classification error: translated images and real ones.
 PAPER_RAFD_ERROR = {"stargan": 0.0212, "real": 0.0045}
 REPORT_FORMAT = "starcli-eval"
@@ -94,7 +103,7 @@ class EvalConfig:
     home: Path | None = None  # data root (None: $STARCLI_HOME or ~/.cache/starcli)
     datasets: tuple[str, ...] = ()  # prepared datasets to evaluate; () = the checkpoint's own
     split: str = "test"
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     num_images: int | None = None  # cap on images per dataset (None: the whole split)
     out: Path | None = None  # report folder (None: <run dir>/eval)
     inception_weights: Path | None = None  # FID weights (None: look in the torch hub cache)
@@ -105,6 +114,12 @@ class EvalConfig:
     classifier_epochs: int | None = None  # None: the classifier's automatic choice
     grid_images: int = 6  # input faces per sample grid
     styles: int = 10  # style-based families: latent outputs per face (the v2 protocol's 10)
+    # The StarGAN v2 protocol (fid_v2, lpips).
+    fid_backbone: str = "torchvision"  # torchvision (the protocol's) or tf-inception
+    lpips_weights: Path | None = None  # None: the lpips package's weights/v0.1/alex.pth
+    alexnet_weights: Path | None = None  # None: alexnet-owt-*.pth in the torch hub cache
+    seeds: int = 1  # repeats of the generation, reported as mean ± std
+    outputs_per_input: int = 10
 
     def __post_init__(self) -> None:
         metrics = tuple(dict.fromkeys(m.strip().lower() for m in self.metrics if m.strip()))
@@ -120,6 +135,17 @@ class EvalConfig:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
         if self.styles < 1:
             raise ConfigError(f"--styles must be at least 1 (got {self.styles}).")
+        if self.fid_backbone not in ("torchvision", "tf-inception"):
+            raise ConfigError(f"--fid-backbone must be torchvision or tf-inception "
+                              f"(got {self.fid_backbone!r}).")
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1 (got {self.seeds}).")
+        if self.outputs_per_input < 2 and "lpips" in metrics:
+            raise ConfigError(f"--outputs-per-input must be at least 2 for LPIPS (got "
+                              f"{self.outputs_per_input}).")
+        if self.outputs_per_input < 1:
+            raise ConfigError(f"--outputs-per-input must be at least 1 "
+                              f"(got {self.outputs_per_input}).")
         if self.grid_images < 0:
             raise ConfigError(f"grid_images must be 0 or more (got {self.grid_images}).")
         if self.classifier_epochs is not None and self.classifier_epochs < 1:
@@ -648,13 +674,21 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
                     transfer.append(_transfer(ckpt, pair, j, sec["_judge"], cfg, device,
                                               progress))
     summary = _summary(sections, transfer)
+    v2 = None
+    if any(m in cfg.metrics for m in V2_METRICS):
+        from starcli.eval_v2 import evaluate_protocol
+
+        # Style-based checkpoints have one label space; the protocol runs on its dataset.
+        pair = pairs[0]
+        v2 = evaluate_protocol(ckpt, pair.dataset, pair.columns, cfg, device, progress)
     report: dict[str, Any] = {
         "format": REPORT_FORMAT, "version": 1,
         "checkpoint": str(ckpt.path), "step": ckpt.step, "split": cfg.split,
         "metrics": list(cfg.metrics), "seed": cfg.seed, "device": str(device),
         "precision": cfg.precision,
         "num_images": cfg.num_images, "fid": fid_info, "summary": summary,
-        "datasets": sections, "transfer": transfer or None, "out": str(out),
+        "datasets": sections, "transfer": transfer or None, "v2_protocol": v2,
+        "out": str(out),
         "notes": {"success": "share of images that did not carry the target before and do "
                              "after translation, as judged by the classifier",
                   "accuracy": "share of all translated images judged to carry the target",
@@ -670,6 +704,13 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
                               "one-hot space's classifier reads as that class"},
     }
     report["files"] = report_mod.write_report(out, report)
+    if v2 is not None:
+        from starcli.eval_v2 import markdown_lines
+        from starcli.utils import atomic_write_text
+
+        md = Path(report["files"]["markdown"])
+        head, _, rest = md.read_text().partition("## Summary")
+        atomic_write_text(md, head + "\n".join(markdown_lines(v2)) + "\n## Summary" + rest)
     report["seconds"] = round(time.perf_counter() - started, 2)
     for s in sections:
         s.pop("_grid", None)

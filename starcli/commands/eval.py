@@ -1,5 +1,6 @@
-"""`starcli eval`: classification accuracy, reconstruction and FID of a checkpoint, with a
-report; `starcli eval train-classifier`: the accuracy metric's classifier on its own."""
+"""`starcli eval`: classification accuracy, reconstruction and FID of a checkpoint (and the
+StarGAN v2 protocol's FID and LPIPS for style-based ones), with a report;
+`starcli eval train-classifier`: the accuracy metric's classifier on its own."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def eval_(
     split: Annotated[str, typer.Option("--split", help="Split of real images to translate "
                                                        "(train, valid or test).")] = "test",
     metrics: Annotated[str, typer.Option(
-        "--metrics", help="Comma-separated: accuracy, reconstruction, fid.")
+        "--metrics", help="Comma-separated: accuracy, reconstruction, fid, and for StarGAN "
+                          "v2 checkpoints fid_v2, lpips (the paper's protocol).")
     ] = "accuracy,reconstruction,fid",
     num_images: Annotated[int | None, typer.Option(
         "--num-images", "-n", min=1, help="Use at most N images per dataset (default: all).",
@@ -59,12 +61,32 @@ def eval_(
                                     "pt_inception-2015-12-05-*.pth or torchvision "
                                     "inception_v3_google-*.pth). Default: the torch hub cache.",
         exists=True, dir_okay=False, show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
-                                            help="Images per model call.")] = 32,
+    fid_backbone: Annotated[str, typer.Option(
+        "--fid-backbone", help="fid_v2's Inception: torchvision (the StarGAN v2 protocol's "
+                               "ImageNet weights) or tf-inception (the TF FID network of "
+                               "pytorch-fid, the literature's).")] = "torchvision",
+    lpips_weights: Annotated[Path | None, typer.Option(
+        "--lpips-weights", help="LPIPS v0.1 linear weights (default: the lpips package's "
+                                "weights/v0.1/alex.pth).", exists=True, dir_okay=False,
+        show_default=False)] = None,
+    alexnet_weights: Annotated[Path | None, typer.Option(
+        "--alexnet-weights", help="torchvision AlexNet state_dict for LPIPS "
+                                  "(alexnet-owt-7be5be79.pth; default: the torch hub cache).",
+        exists=True, dir_okay=False, show_default=False)] = None,
+    seeds: Annotated[int, typer.Option(
+        "--seeds", min=1, help="fid_v2/lpips: repeat the generation with N seeds (--seed, "
+                               "--seed+1, ...) and report mean ± std.")] = 1,
+    outputs_per_input: Annotated[int, typer.Option(
+        "--outputs-per-input", min=1, help="fid_v2/lpips: outputs per test image and "
+                                           "task.")] = 10,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, help="Images per model call (fid_v2/lpips: the source "
+                                          "and reference batch, 32 in the paper).")] = 32,
     classifier_epochs: Annotated[int | None, typer.Option(
         "--classifier-epochs", min=1, help="Epochs for a classifier trained by this run "
                                            "(default: automatic).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the classifier training.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the classifier training (and "
+                                                     "of the v2 protocol's first run).")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
                       ] = "auto",
     precision: Annotated[str, typer.Option(
@@ -84,6 +106,9 @@ def eval_(
     transfer to RaFD expressions for joint models, and FID when Inception
     weights are available.
     Writes report.json, report.md, sample grids and an accuracy chart.
+    StarGAN v2 checkpoints: --metrics fid_v2,lpips runs the paper's protocol
+    (10 latent and 10 reference outputs per test image and domain pair, FID
+    against the target's train images, LPIPS diversity).
 
     Examples:
 
@@ -92,6 +117,8 @@ def eval_(
       starcli eval -c runs/joint-20240101-120000 -n 500 --metrics accuracy
 
       starcli eval -c pretrained-celeba-128 -d celeba --inception-weights pt.pth
+
+      starcli eval -c runs/v2-afhq --metrics fid_v2,lpips --seeds 10
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -102,7 +129,9 @@ def eval_(
         datasets=_names(dataset), split=split, metrics=split_csv(metrics) or (),
         num_images=num_images, out=out.expanduser() if out else None,
         inception_weights=inception_weights, batch_size=batch_size, seed=seed, device=device,
-        precision=precision.lower(), classifier_epochs=classifier_epochs)
+        precision=precision.lower(), classifier_epochs=classifier_epochs,
+        fid_backbone=fid_backbone.lower(), lpips_weights=lpips_weights,
+        alexnet_weights=alexnet_weights, seeds=seeds, outputs_per_input=outputs_per_input)
     with RichProgress() as progress:
         report = evaluate(cfg, progress=progress)
     _print_report(report)
@@ -120,7 +149,15 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return {"checkpoint": report["checkpoint"], "step": report["step"],
             "split": report["split"], "summary": report["summary"], "datasets": datasets,
             "targets": targets, "transfer": report.get("transfer"), "fid": report.get("fid"),
+            "v2_protocol": _v2_brief(report.get("v2_protocol")),
             "files": report["files"], "out": report["out"]}
+
+
+def _v2_brief(v2: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The protocol's figures without the per-seed detail."""
+    if v2 is None:
+        return None
+    return {k: v for k, v in v2.items() if k not in ("per_seed", "notes")}
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -186,6 +223,13 @@ def _print_report(report: dict[str, Any]) -> None:
         err = sec.get("classification_error")
         if err:
             console.print(f"{sec['dataset']}: {classification_error_sentence(err)}")
+    v2 = report.get("v2_protocol")
+    if v2 is not None:
+        from starcli.eval_v2 import markdown_lines
+
+        for line in markdown_lines(v2):
+            if line:
+                console.print(line.lstrip("#> ").replace("→", "->"), markup=False)
     files = report["files"]
     console.print(f"[green]✓[/] report: {files['markdown']}")
     for path in files["samples"].values():
