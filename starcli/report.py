@@ -1,6 +1,7 @@
-"""The files `starcli eval` leaves behind: report.json, report.md, a sample grid per dataset
-(inputs and their translation to every target) and a bar chart of per-target accuracy against
-the real-image ceiling. Drawn with PIL only."""
+"""The files `starcli eval` leaves behind: report.json, report.md, report.html, a sample grid
+per dataset (inputs and their translation to every target) and a bar chart of per-target
+accuracy against the real-image ceiling. Drawn with PIL only; report.html (`starcli.html`)
+also shows, per target, the grid faces the classifier does not read as the target."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from starcli.formatting import num as _num
 from starcli.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report", "write_json", "render_markdown", "sample_grid", "accuracy_chart",
-           "pct"]
+           "worst_cases", "pct"]
 
+_WORST = 6  # worst-case faces shown per target in report.html
 _MIN_CELL = 96  # grid cells are upscaled (nearest) to at least this many pixels
 _BG = (255, 255, 255)
 _INK = (20, 20, 20)
@@ -196,8 +198,9 @@ def render_markdown(report: dict[str, Any], files: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Write the sample grids, the chart and report.md into `out`; returns their paths.
-    Sections may carry `_grid` = (inputs, [(target, images)]) for the sample grids."""
+    """Write the sample grids, the chart, report.md and report.html into `out`; returns their
+    paths. Sections may carry `_grid` = (inputs, [(target, images)]) for the sample grids and
+    `_judge` (the accuracy classifier) for report.html's worst cases and data digest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {"json": str(out / "report.json"),
@@ -219,7 +222,59 @@ def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
         atomic_write_bytes(path, _png(accuracy_chart(rows, title)))
         files["chart"] = str(path)
     atomic_write_text(out / "report.md", render_markdown(report, files))
+    files["html"] = str(out / "report.html")
+    atomic_write_text(out / "report.html", _render_html(report, files))
     return files
+
+
+def worst_cases(section: dict[str, Any], most: int = _WORST) -> list[dict[str, Any]]:
+    """Per target of a section, up to `most` sample-grid faces (`_grid`) that its classifier
+    (`_judge`) does not read as carrying the target after translation: {"target", "checked",
+    "faces": [{"input", "output", "had"}]} with uint8 images, the faces that did not carry the
+    target before first (they are the ones that count against success). Evaluate keeps no
+    per-face decisions, so the grid's faces (spread over the split) are judged again here:
+    a handful of classifier calls."""
+    grid, judge = section.get("_grid"), section.get("_judge")
+    if not grid or grid[0] is None or not len(grid[0]) or judge is None:
+        return []
+    from starcli.data.dataset import to_tensor
+
+    inputs, columns = grid
+    names = list(judge.space.names)
+    before = judge.predict(to_tensor(np.ascontiguousarray(inputs))).numpy()
+    rows = {r["target"]: r for r in section["targets"]}
+    out = []
+    for target, images in columns:
+        row = rows.get(target)
+        if row is None or images is None or row.get("label") not in names:
+            continue
+        col, want = names.index(row["label"]), bool(row.get("value", 1))
+        n = min(len(images), len(inputs))
+        after = judge.predict(to_tensor(np.ascontiguousarray(images[:n]))).numpy()[:, col]
+        had = before[:n, col] == want
+        failed = sorted(np.flatnonzero(after != want).tolist(), key=lambda i: bool(had[i]))
+        out.append({"target": target, "checked": n,
+                    "faces": [{"input": inputs[i], "output": images[i], "had": bool(had[i])}
+                              for i in failed[:most]]})
+    return out
+
+
+def _render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
+    from starcli.html import data_uri, eval_page, png_bytes
+
+    extras: dict[str, Any] = {"datasets": {}}
+    for sec in report["datasets"]:
+        judge = sec.get("_judge")
+        meta = getattr(judge, "meta", None) or {}
+        worst = []
+        for w in worst_cases(sec):
+            faces = [{"had": f["had"], "src": data_uri(png_bytes(
+                np.concatenate([f["input"], f["output"]], axis=1)))} for f in w["faces"]]
+            worst.append({**w, "faces": faces})
+        extras["datasets"][sec["dataset"]] = {
+            "digest": meta.get("content"), "arch": meta.get("arch"), "worst": worst,
+            "judged": judge is not None}
+    return eval_page(report, files, extras)
 
 
 def write_json(out: Path, report: dict[str, Any]) -> Path:

@@ -82,6 +82,7 @@ class TranslateConfig:
     grid: bool = False  # also write <out>/_grid/<name>: input + every target side by side,
     # enlarged (nearest neighbour) to tiles of at least GRID_MIN_TILE pixels
     overwrite: bool = False  # rewrite outputs that already exist
+    html: bool = False  # also write <out>/index.html: inputs beside their outputs, skips
     manifest: str = "jsonl"  # jsonl or csv
     labels: Path | None = None  # CSV of the inputs' own labels (file + one 0/1 column each)
     mix_label_spaces: bool = False  # allow one spec to set labels of two datasets
@@ -468,6 +469,8 @@ def translate(cfg: TranslateConfig, progress: Progress | None = None) -> Transla
     _finish_manifest(manifest, rows, jobs, targets, cfg.manifest, variants)
     if cfg.grid and refs:
         _reference_matrix(rows, out, framings, refs, variants, cfg)
+    if cfg.html:
+        _write_html(out, rows, variants, ckpt_info, cfg, framings, aligner, device, precision)
 
     skipped = _skipped(rows)
     for s in skipped[:20]:
@@ -865,6 +868,30 @@ def _reference_matrix(rows: list[dict[str, Any]], out: Path, framings: Framings,
     _write_atomic(path, _encode(enlarge(matrix, matrix.shape[0] * k), cfg.format,
                                 cfg.jpeg_quality))
     return path
+
+
+def _write_html(out: Path, rows: list[dict[str, Any]], variants: Sequence[_Variant],
+                ckpt_info: dict[str, Any], cfg: TranslateConfig, framings: Framings,
+                aligner: FaceAligner | None, device: torch.device, precision: str) -> Path:
+    """<out>/index.html (`starcli.html`): each input as the model saw it (framed or aligned
+    again from its file), beside its outputs; skipped files with their reasons."""
+    from starcli.html import write_translate_index
+
+    def crop(path: Path) -> np.ndarray | None:
+        if aligner is None:
+            return framings.load(path, cfg.max_pixels, loader=load_image)[0]
+        found = aligner.align(load_image(path, max_pixels=cfg.max_pixels))
+        return None if found is None else found[0]
+
+    manifest = f"manifest.{cfg.manifest}"
+    done = sum(r.get("status") in ("translated", "exists") for r in rows)
+    info = [("checkpoint", ckpt_info["checkpoint"]), ("step", ckpt_info["step"]),
+            ("targets", ", ".join(dict.fromkeys(v.spec for v in variants))),
+            ("device", f"{device} ({precision})"),
+            ("inputs", f"{done} translated or already there, "
+                       f"{sum(r.get('status') == 'skipped' for r in rows)} skipped"),
+            ("manifest", manifest)]
+    return write_translate_index(out, rows, [(v.key, v.spec) for v in variants], info, crop)
 
 
 def _label_dict(layout: LabelLayout, targets: Sequence[Target], row: np.ndarray

@@ -47,6 +47,9 @@ def translate(
     grid: Annotated[bool, typer.Option(
         "--grid", help="Also write <out>/_grid/<input>: the input and every target side by "
                        "side.")] = False,
+    html: Annotated[bool, typer.Option(
+        "--html", help="Also write <out>/index.html: each input beside its outputs, and the "
+                       "skipped files with their reasons.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Rewrite outputs that exist (default: skip them, so a re-run "
                             "resumes).")] = False,
@@ -115,10 +118,10 @@ def translate(
         inputs=tuple(inputs), targets=tuple(to or ()),
         checkpoint=Path(checkpoint).expanduser() if checkpoint else None, out=out,
         batch_size=batch_size, device=device, precision=precision, format=fmt.lower(),
-        jpeg_quality=jpeg_quality, grid=grid, overwrite=overwrite, manifest=manifest.lower(),
-        labels=labels, mix_label_spaces=mix_label_spaces, align=align, crop=crop,
-        paste_back=paste_back, workers=workers, home=home, styles=styles, seed=seed, psi=psi,
-        refs=tuple(ref or ()), ref_domain=ref_domain)
+        jpeg_quality=jpeg_quality, grid=grid, html=html, overwrite=overwrite,
+        manifest=manifest.lower(), labels=labels, mix_label_spaces=mix_label_spaces,
+        align=align, crop=crop, paste_back=paste_back, workers=workers, home=home,
+        styles=styles, seed=seed, psi=psi, refs=tuple(ref or ()), ref_domain=ref_domain)
     with RichProgress() as progress:
         result = run_translate(cfg, progress=progress)
     parts = [f"[green]✓[/] translated {result.translated} image"
@@ -134,5 +137,7 @@ def translate(
         console.print(f"  [yellow]{len(result.skipped)} skipped[/] (reasons in "
                       f"{result.manifest})")
     console.print(f"  manifest: {result.manifest}")
+    if html:
+        console.print(f"  page: {result.out / 'index.html'}")
     if json_out:
         emit_json(result.to_dict())
