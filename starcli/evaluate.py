@@ -44,6 +44,7 @@ off), and every other label both ways (`Male=1`, `Male=0`); per one-hot space: e
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class EvalConfig:
     classifier_epochs: int | None = None  # None: the classifier's automatic choice
     grid_images: int = 6  # input faces per sample grid
     styles: int = 10  # style-based families: latent outputs per face (the v2 protocol's 10)
+    command: tuple[str, ...] = ()  # the command line that made the report (shown in it)
     # The StarGAN v2 protocol (fid_v2, lpips).
     fid_backbone: str = "torchvision"  # torchvision (the protocol's) or tf-inception
     lpips_weights: Path | None = None  # None: the lpips package's weights/v0.1/alex.pth
@@ -684,6 +686,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
     report: dict[str, Any] = {
         "format": REPORT_FORMAT, "version": 1,
         "checkpoint": str(ckpt.path), "step": ckpt.step, "split": cfg.split,
+        "command": " ".join(shlex.quote(a) for a in cfg.command) or None,
         "metrics": list(cfg.metrics), "seed": cfg.seed, "device": str(device),
         "precision": cfg.precision,
         "num_images": cfg.num_images, "fid": fid_info, "summary": summary,

@@ -4,6 +4,7 @@ StarGAN v2 protocol's FID and LPIPS for style-based ones), with a report;
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,7 +132,8 @@ def eval_(
         inception_weights=inception_weights, batch_size=batch_size, seed=seed, device=device,
         precision=precision.lower(), classifier_epochs=classifier_epochs,
         fid_backbone=fid_backbone.lower(), lpips_weights=lpips_weights,
-        alexnet_weights=alexnet_weights, seeds=seeds, outputs_per_input=outputs_per_input)
+        alexnet_weights=alexnet_weights, seeds=seeds, outputs_per_input=outputs_per_input,
+        command=("starcli", *sys.argv[1:]))
     with RichProgress() as progress:
         report = evaluate(cfg, progress=progress)
     _print_report(report)
@@ -232,6 +234,8 @@ def _print_report(report: dict[str, Any]) -> None:
                 console.print(line.lstrip("#> ").replace("→", "->"), markup=False)
     files = report["files"]
     console.print(f"[green]✓[/] report: {files['markdown']}")
+    if files.get("html"):
+        console.print(f"  page:   {files['html']} (open it in a browser)")
     for path in files["samples"].values():
         console.print(f"  samples: {path}")
     if files.get("chart"):

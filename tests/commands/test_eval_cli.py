@@ -117,11 +117,15 @@ def test_options_reach_the_engine(monkeypatch, tmp_path):
     assert "Male=1" in res.stderr and "50.0%" in res.stderr  # the rich table
 
 
-def test_real_run_prints_a_table_and_json(home, tmp_path):
+def test_real_run_prints_a_table_and_json(home, tmp_path, monkeypatch):
+    import sys
+
     _write_prepared(home, "sq")
     run = _run(tmp_path)
-    res = runner.invoke(app, ["eval", "-c", str(run), "--metrics", "accuracy,reconstruction",
-                              "--classifier-epochs", "2", "--device", "cpu", "--json"])
+    args = ["eval", "-c", str(run), "--metrics", "accuracy,reconstruction",
+            "--classifier-epochs", "2", "--device", "cpu", "--json"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/starcli", *args])  # as a shell starts it
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["summary"]["targets"] == 4 and out["summary"]["images"] == 8
@@ -140,6 +144,12 @@ def test_real_run_prints_a_table_and_json(home, tmp_path):
     assert "retention" in res.stderr and "cycle L1" in res.stderr
     md = Path(out["files"]["markdown"]).read_text()
     assert "attribute retention" in md and "identity L1, whole image" in md
+    # The page a person opens names the command that made it.
+    saved = json.loads(Path(out["files"]["json"]).read_text())
+    assert saved["command"].startswith("starcli ") and "--classifier-epochs 2" in \
+        saved["command"]
+    page = Path(out["files"]["html"]).read_text()
+    assert "classifier-epochs" in page and "page:" in res.stderr
 
 
 def test_bad_metric_is_exit_2(home):
