@@ -131,11 +131,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         ds_iter=100_000, dim_in=0, max_conv_dim=512, mapping_hidden=512,
         sample_every=5_000, save_every=10_000, log_every=100, keep_last=3, **_RUN,
     ),
-    # The built-in synthetic faces on a CPU: 32 px, narrow nets. Untuned: the iterations,
-    # widths and diversity decay are a guess at "visible change in minutes", not a recipe.
+    # The built-in synthetic faces on a CPU (`starcli demo --family stargan-v2`): 32 px,
+    # narrow nets, lr 3e-4 (3x the paper's; F 3e-6). Measured on demo-celeba female/male,
+    # held-out faces, 3,000 iterations: latent success 0.84 (female 0.72, male 0.96),
+    # reference success 0.88, 2.1 distinct hair colours among 10 styles of one face, the
+    # reference's hair colour kept 34% (chance 25%), frame L1 0.35 (backgrounds are not
+    # kept). The same at lr 1e-4 and 2,000 iterations: 0.87 / 0.76, 1.6 colours, 23%.
     "demo": dict(
         iters=3_000, batch_size=8, image_size=32, domains="Male", w_hpf=0.0, lambda_ds=1.0,
-        ds_iter=3_000, dim_in=32, max_conv_dim=128, mapping_hidden=128,
+        ds_iter=3_000, dim_in=16, max_conv_dim=64, mapping_hidden=64, lr=3e-4, f_lr=3e-6,
         sample_every=500, save_every=1_000, log_every=100, keep_last=2, **_RUN,
     ),
     # Tests and smoke runs: seconds on a CPU.
