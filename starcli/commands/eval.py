@@ -5,6 +5,7 @@ StarGAN v2 protocol's FID and LPIPS for style-based ones), with a report;
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,11 @@ def eval_(
         "--dataset", "-d", help="Prepared dataset(s) to evaluate, each matched to the label "
                                 "space with the same labels (default: the checkpoint's own "
                                 "datasets). Repeat or comma-separate.",
+        show_default=False)] = None,
+    compare: Annotated[list[Path] | None, typer.Option(
+        "--compare", help="Evaluate these checkpoints (repeat: --compare A --compare B) with "
+                          "the same faces, targets and seed, and write one table "
+                          "(compare.md/json/html in --out, default ./compare).",
         show_default=False)] = None,
     split: Annotated[str, typer.Option("--split", help="Split of real images to translate "
                                                        "(train, valid or test).")] = "test",
@@ -134,11 +140,43 @@ def eval_(
         fid_backbone=fid_backbone.lower(), lpips_weights=lpips_weights,
         alexnet_weights=alexnet_weights, seeds=seeds, outputs_per_input=outputs_per_input,
         command=("starcli", *sys.argv[1:]))
+    if compare:
+        from starcli.compare import compare as run_compare
+
+        if checkpoint:
+            raise typer.BadParameter("pass the checkpoints to --compare only (not also "
+                                     "--checkpoint).", param_hint="--compare")
+        if cfg.out is None:
+            cfg = replace(cfg, out=Path("compare"))
+        with RichProgress() as progress:
+            result = run_compare(cfg, [p.expanduser() for p in compare], progress=progress)
+        _print_compare(result)
+        if json_out:
+            emit_json(result)
+        return
     with RichProgress() as progress:
         report = evaluate(cfg, progress=progress)
     _print_report(report)
     if json_out:
         emit_json(_summary(report))
+
+
+def _print_compare(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from starcli.compare import _rows
+
+    figures, targets = _rows(result)
+    for title, rows in (("Headline figures", figures), ("Success per target", targets)):
+        table = Table(title=title, title_justify="left")
+        table.add_column("")
+        for r in result["runs"]:
+            table.add_column(f"{r['name']}\nstep {r['step']:,}", justify="right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    files = result["files"]
+    console.print(f"[green]✓[/] comparison: {files['markdown']} and {files['html']}")
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -199,3 +199,30 @@ def test_train_classifier_unprepared_dataset_is_exit_1(home, args):
     res = runner.invoke(app, ["eval", *args])
     assert res.exit_code == 1
     assert "starcli prepare nope" in res.output
+
+
+def test_compare_puts_two_checkpoints_through_one_eval(home, tmp_path):
+    """--compare: both checkpoints on the same faces and targets (one cached classifier), a
+    column each; the same checkpoint twice gives equal columns."""
+    _write_prepared(home, "sq")
+    a = _run(tmp_path / "a")
+    b = _run(tmp_path / "b")
+    out = tmp_path / "cmp"
+    res = runner.invoke(app, ["eval", "--compare", str(a), "--compare", str(b), "--metrics",
+                              "accuracy", "--classifier-epochs", "1", "--device", "cpu",
+                              "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert [r["name"] for r in result["runs"]] == ["01-run", "02-run"]
+    assert result["targets"] == ["sq:Black_Hair", "sq:Blond_Hair", "sq:Male=1", "sq:Male=0"]
+    first, second = result["runs"]
+    assert first["targets"] == second["targets"]  # same weights (seed 0), same faces
+    assert first["figures"]["success"] == second["figures"]["success"] is not None
+    md = (out / "compare.md").read_text()
+    assert "| success |" in md and "01-run (step 2)" in md
+    page = (out / "compare.html").read_text()
+    assert 'href="01-run/report.html"' in page
+    assert (out / "02-run" / "report.json").is_file()
+    assert "Success per target" in res.stderr
+    bad = runner.invoke(app, ["eval", "--compare", str(a), "--device", "cpu"])
+    assert bad.exit_code == 2 and "at least two" in bad.output
