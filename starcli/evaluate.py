@@ -47,7 +47,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +74,60 @@ from starcli.paths import resolve_home
 from starcli.progress import Progress, log, progress_task
 from starcli.runtime import resolve_device
 
-__all__ = ["METRICS", "DEFAULT_METRICS", "PAPER_RAFD_ERROR", "FRAME_REACHING", "EvalConfig",
-           "EvalTarget",
+__all__ = ["METRICS", "DEFAULT_METRICS", "METRIC_REGISTRY", "MetricSpec", "applicable_metrics",
+           "PAPER_RAFD_ERROR", "FRAME_REACHING", "EvalConfig", "EvalTarget",
            "evaluate", "reachable_targets", "targets_for", "default_out_dir", "frame_mask",
            "identity_l1"]
 
-METRICS = ("accuracy", "reconstruction", "fid", "fid_v2", "lpips")
 # What runs without --metrics: the StarGAN v2 protocol (fid_v2, lpips) is opt-in (it makes
 # 2 x 10 outputs per test image and task).
 DEFAULT_METRICS = ("accuracy", "reconstruction", "fid")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One eval metric and what it needs; `evaluate` runs the ones a checkpoint allows and
+    names the others with the reason (report["skipped_metrics"])."""
+
+    name: str
+    needs: tuple[str, ...]  # "classifier", "labels", "styles", "inception", "alexnet"
+    what: str
+
+
+# The metric registry: each metric declares what it needs. "labels": a label-conditioned
+# generator (the cycle goes back through the input's own labels); "styles": a style-based
+# family (StarGAN v2: latent codes and references); the weights are checked by the metrics.
+METRIC_REGISTRY = {
+    "accuracy": MetricSpec("accuracy", ("classifier",),
+                           "success, retention, identity L1 and transfer by a classifier; "
+                           "for style-based families also latent/reference guidance"),
+    "reconstruction": MetricSpec("reconstruction", ("labels",),
+                                 "cycle L1 |x - G(G(x, c_trg), c_org)|"),
+    "fid": MetricSpec("fid", ("inception",), "FID per target against real test images"),
+    "fid_v2": MetricSpec("fid_v2", ("styles", "inception"),
+                         "StarGAN v2 protocol FID, latent and reference"),
+    "lpips": MetricSpec("lpips", ("styles", "alexnet"),
+                        "StarGAN v2 protocol LPIPS diversity, latent and reference"),
+}
+
+
+METRICS = tuple(METRIC_REGISTRY)
+
+
+def applicable_metrics(metrics: Sequence[str], has_styles: bool
+                       ) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the metrics a checkpoint can run, {skipped metric: why}) from the registry."""
+    run, skipped = [], {}
+    for name in metrics:
+        needs = METRIC_REGISTRY[name].needs
+        if "styles" in needs and not has_styles:
+            skipped[name] = "applies to style-based checkpoints (StarGAN v2)"
+        elif "labels" in needs and has_styles:
+            skipped[name] = ("a style-based generator's cycle goes through the style encoder, "
+                             "not the input's labels; the v2 protocol's fid_v2 and lpips apply")
+        else:
+            run.append(name)
+    return tuple(run), skipped
 V2_METRICS = ("fid_v2", "lpips")
 # StarGAN (CVPR 2018), RaFD expression classification error: translated images and real ones.
 PAPER_RAFD_ERROR = {"stargan": 0.0212, "real": 0.0045}
@@ -647,6 +692,16 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
                            with_discriminator=False)
     pairs = _pair(ckpt, home, cfg.datasets)
     out = Path(cfg.out) if cfg.out is not None else default_out_dir(ckpt.path)
+    has_styles = bool(getattr(get_family(ckpt.family).translator(ckpt, device, "fp32",
+                                                                   fast=False),
+                              "has_styles", False))
+    runnable, skipped_metrics = applicable_metrics(cfg.metrics, has_styles)
+    for name, why in skipped_metrics.items():
+        log(progress, f"--metrics {name}: skipped, {why}.")
+    if not runnable:
+        raise ConfigError(f"none of --metrics {','.join(cfg.metrics)} applies to "
+                          f"{ckpt.path} ({'; '.join(skipped_metrics.values())}).")
+    cfg = replace(cfg, metrics=runnable)
 
     inception, fid_info = None, None
     if "fid" in cfg.metrics:
@@ -687,7 +742,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
         "format": REPORT_FORMAT, "version": 1,
         "checkpoint": str(ckpt.path), "step": ckpt.step, "split": cfg.split,
         "command": " ".join(shlex.quote(a) for a in cfg.command) or None,
-        "metrics": list(cfg.metrics), "seed": cfg.seed, "device": str(device),
+        "metrics": list(cfg.metrics), "skipped_metrics": skipped_metrics or None,
+        "seed": cfg.seed, "device": str(device),
         "precision": cfg.precision,
         "num_images": cfg.num_images, "fid": fid_info, "summary": summary,
         "datasets": sections, "transfer": transfer or None, "v2_protocol": v2,

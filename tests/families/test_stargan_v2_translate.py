@@ -157,3 +157,13 @@ def test_eval_reports_latent_and_reference_guidance_and_diversity(v2, tmp_path):
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["summary"]["styles"]["demo-celeba"]["latent"]["success"] == \
         st["latent"]["success"]
+
+
+def test_the_metric_registry_runs_what_a_checkpoint_allows():
+    from starcli.evaluate import METRIC_REGISTRY, METRICS, applicable_metrics
+
+    assert set(METRICS) == set(METRIC_REGISTRY)
+    run, skipped = applicable_metrics(("accuracy", "reconstruction", "lpips"), has_styles=True)
+    assert run == ("accuracy", "lpips") and "style encoder" in skipped["reconstruction"]
+    run, skipped = applicable_metrics(("accuracy", "fid_v2"), has_styles=False)
+    assert run == ("accuracy",) and "StarGAN v2" in skipped["fid_v2"]
