@@ -82,6 +82,7 @@ __all__ = ["METRICS", "DEFAULT_METRICS", "METRIC_REGISTRY", "MetricSpec", "appli
 # What runs without --metrics: the StarGAN v2 protocol (fid_v2, lpips) is opt-in (it makes
 # 2 x 10 outputs per test image and task).
 DEFAULT_METRICS = ("accuracy", "reconstruction", "fid")
+WORST_CASES = 6  # failed faces per target kept for report.html
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,9 @@ class _TargetTally:
     real: FeatureStats = field(default_factory=FeatureStats)  # real images of the domain
     fake: FeatureStats = field(default_factory=FeatureStats)
     samples: list[np.ndarray] = field(default_factory=list)  # uint8 (k, S, S, 3) parts
+    # The first faces of the split that lacked the target and still lack it after
+    # translation: (input, translation) uint8 pairs for report.html's worst cases.
+    failures: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -494,6 +498,13 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                         read_after = keeper.predict(fake).numpy()
                     before = t.carried(labels)
                     tally.images += len(labels)
+                    missed = np.flatnonzero(~carries & ~t.carried(labels))
+                    if len(missed) and len(tally.failures) < WORST_CASES:
+                        fake8 = _to_uint8(fake[torch.from_numpy(missed[:WORST_CASES]).to(
+                            device)])
+                        tally.failures += list(zip(images[missed[:WORST_CASES]], fake8,
+                                                   strict=True))
+                        del tally.failures[WORST_CASES:]
                     tally.hits += int(carries.sum())
                     tally.eligible += int((~before).sum())
                     tally.eligible_hits += int((carries & ~before).sum())
@@ -588,6 +599,11 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                         [(t.target.name, np.concatenate(t.samples)) for t in tallies
                          if t.samples])
     section["_judge"] = clf
+    if clf is not None:
+        section["_worst"] = [{"target": t.target.name, "checked": t.eligible,
+                              "failed": t.eligible - t.eligible_hits,
+                              "faces": [{"input": a, "output": b, "had": False}
+                                        for a, b in t.failures]} for t in tallies]
     return section
 
 
@@ -774,5 +790,6 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
     for s in sections:
         s.pop("_grid", None)
         s.pop("_judge", None)
+        s.pop("_worst", None)
     report_mod.write_json(out, report)
     return report

@@ -183,19 +183,24 @@ def _styles_section(st: dict[str, Any]) -> list[str]:
 
 
 def _worst_section(worst: Sequence[dict[str, Any]] | None, judged: bool) -> list[str]:
-    out = ["<h3>Worst cases: grid faces the classifier does not read as the target</h3>"]
+    out = ["<h3>Worst cases: faces the classifier does not read as the target</h3>"]
     if not judged:
         return out + ['<p class="note">Needs the accuracy metric (its classifier judges the '
                       "translations).</p>"]
     if not worst:
         return out + ['<p class="note">No sample-grid faces to judge.</p>']
-    out.append('<p class="note">Of the sample-grid faces (input, then its translation), those '
-               "the classifier does not read as carrying the target; faces that did not "
-               "carry it before come first (they count against success).</p>")
+    out.append('<p class="note">Test faces that did not carry the target and that the '
+               "classifier still does not read as carrying it after translation (input, then "
+               "its translation): the faces that count against success.</p>")
     for w in worst:
         faces = w.get("faces") or []
-        out.append(f"<h4>{text(w['target'])}: {len(faces)} of {text(w.get('checked'))} "
-                   "failed</h4>")
+        if w.get("failed") is not None:  # evaluate's: the whole split's eligible faces
+            out.append(f"<h4>{text(w['target'])}: {text(w['failed'])} of "
+                       f"{text(w.get('checked'))} faces without it failed (the first "
+                       f"{len(faces)} shown)</h4>")
+        else:
+            out.append(f"<h4>{text(w['target'])}: {len(faces)} of {text(w.get('checked'))} "
+                       "failed</h4>")
         if not faces:
             continue
         figs = []

@@ -228,12 +228,16 @@ def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def worst_cases(section: dict[str, Any], most: int = _WORST) -> list[dict[str, Any]]:
-    """Per target of a section, up to `most` sample-grid faces (`_grid`) that its classifier
+    """Per target of a section, the faces that failed: evaluate keeps the first ones of the
+    whole split that lacked the target and still do (`_worst`); without them (an older
+    caller), up to `most` sample-grid faces (`_grid`) that its classifier
     (`_judge`) does not read as carrying the target after translation: {"target", "checked",
     "faces": [{"input", "output", "had"}]} with uint8 images, the faces that did not carry the
     target before first (they are the ones that count against success). Evaluate keeps no
     per-face decisions, so the grid's faces (spread over the split) are judged again here:
     a handful of classifier calls."""
+    if section.get("_worst") is not None:  # kept by evaluate over the whole split
+        return [{**w, "faces": w["faces"][:most]} for w in section["_worst"]]
     grid, judge = section.get("_grid"), section.get("_judge")
     if not grid or grid[0] is None or not len(grid[0]) or judge is None:
         return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -116,6 +117,14 @@ def test_eval_report_html_holds_the_report(eval_out, home):
     srcs = [i["src"] for i in page.images]
     assert "samples-sq-celeba.png" in srcs and "accuracy.png" in srcs
     assert open_prepared(home, "sq-celeba").content_digest() in text
+    # Worst cases come from the whole test split (eval keeps the first failed faces).
+    assert "faces without it failed" in text
+    report = json.loads((eval_out / "report.json").read_text())
+    failed = {r["target"]: r["eligible"] - round((r["success"] or 0) * r["eligible"])
+              for r in report["datasets"][0]["targets"]}
+    assert any(n > 0 for n in failed.values())
+    assert sum(i["src"].startswith("data:image/png") for i in page.images) == \
+        sum(min(n, 6) for n in failed.values())
 
 
 class _Judge:
