@@ -138,6 +138,35 @@ class _Timer:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 2)
 
 
+class _Steps:
+    """Announces each step to `on_step` and keeps the equivalent commands, in order."""
+
+    def __init__(self, total: int, on_step: Callable[[DemoStep], None] | None) -> None:
+        self.total, self.on_step = total, on_step
+        self.commands: list[str] = []
+
+    def __call__(self, number: int, title: str, command: str | None) -> float:
+        if command is not None:
+            self.commands.append(command)
+        if self.on_step is not None:
+            self.on_step(DemoStep(number, self.total, title, command))
+        return time.perf_counter()
+
+
+_TRAIN_KEYS = ("run_dir", "checkpoint", "step", "iters", "seconds", "images_per_s", "device",
+               "precision", "samples")
+
+
+def _trained(trained: dict[str, Any], again: str) -> Path:
+    """The run folder of a finished training; StarcliError when it was interrupted (Ctrl-C or
+    SIGTERM saved a checkpoint and returned: measuring a half-trained model would report
+    numbers the demo does not stand for)."""
+    if trained.get("interrupted"):
+        raise StarcliError(f"the demo stopped during training (step {trained['step']:,} of "
+                           f"{trained['iters']:,}); run `{again}` again to start over.")
+    return Path(trained["run_dir"])
+
+
 def _q(value: Any) -> str:
     return shlex.quote(str(value))
 
@@ -278,15 +307,8 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
     _claim_out(out)
     workers = _workers(cfg)
     timer = _Timer()
-    commands: list[str] = []
-    total = 7
-
-    def step(number: int, title: str, command: str | None) -> float:
-        if command is not None:
-            commands.append(command)
-        if on_step is not None:
-            on_step(DemoStep(number, total, title, command))
-        return time.perf_counter()
+    step = _Steps(7, on_step)
+    commands = step.commands
 
     # 1. Data.
     from starcli.data.fetch import FetchConfig, fetch
@@ -329,12 +351,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
              f"{_home_flag(cfg)}")
     trained = train(train_cfg, progress=progress)
     timer.add("train", t)
-    if trained.get("interrupted"):
-        # Ctrl-C or SIGTERM: training saved a checkpoint and returned; measuring a
-        # half-trained model would report numbers the demo does not stand for.
-        raise StarcliError(f"the demo stopped during training (step {trained['step']:,} of "
-                           f"{trained['iters']:,}); run `starcli demo` again to start over.")
-    run_dir = Path(trained["run_dir"])
+    run_dir = _trained(trained, "starcli demo")
 
     # 3. Translate held-out faces.
     t = step(5, f"Copy {cfg.faces} held-out raw test files per dataset to {out / 'faces'}",
@@ -381,9 +398,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None,
         "seconds": round(time.perf_counter() - started, 2), "timings": timer.seconds,
         "commands": commands,
         "data": {"fetched": fetched, "image_size": size, "crops": dict(CROPS)},
-        "train": {k: trained.get(k) for k in ("run_dir", "checkpoint", "step", "iters",
-                                               "seconds", "images_per_s", "device",
-                                               "precision", "samples")},
+        "train": {k: trained.get(k) for k in _TRAIN_KEYS},
         "faces": {"dir": str(out / "faces"), "files": [str(p) for p in faces]},
         "translate": {"out": str(translated.out), "grids": str(translated.out / "_grid"),
                       "grid": str(grid) if grid else None,
@@ -451,15 +466,8 @@ def _run_demo_v2(cfg: DemoConfig, progress: Progress | None,
     _claim_out(out)
     workers = _workers(cfg)
     timer = _Timer()
-    commands: list[str] = []
-    total = 6
-
-    def step(number: int, title: str, command: str | None) -> float:
-        if command is not None:
-            commands.append(command)
-        if on_step is not None:
-            on_step(DemoStep(number, total, title, command))
-        return time.perf_counter()
+    step = _Steps(6, on_step)
+    commands = step.commands
 
     hf = _home_flag(cfg)
     dev = f" --device {cfg.device}" if cfg.device != "auto" else ""
@@ -484,11 +492,7 @@ def _run_demo_v2(cfg: DemoConfig, progress: Progress | None,
              f"--preset demo{iters_flag}{seed_flag}{dev} --run-dir {_q(out / 'run')}{hf}")
     trained = train(train_cfg, progress=progress)
     timer.add("train", t)
-    if trained.get("interrupted"):
-        raise StarcliError(f"the demo stopped during training (step {trained['step']:,} of "
-                           f"{trained['iters']:,}); run `starcli demo --family stargan-v2` "
-                           "again to start over.")
-    run_dir = Path(trained["run_dir"])
+    run_dir = _trained(trained, "starcli demo --family stargan-v2")
 
     t = step(4, f"Copy {cfg.faces} held-out raw test files and {V2_REFS} references per "
                 "domain", None)
@@ -532,9 +536,7 @@ def _run_demo_v2(cfg: DemoConfig, progress: Progress | None,
         "full_budget": cfg.is_full, "seconds": round(time.perf_counter() - started, 2),
         "timings": timer.seconds, "commands": commands,
         "data": {"fetched": fetched, "image_size": size, "crops": dict(CROPS)},
-        "train": {k: trained.get(k) for k in ("run_dir", "checkpoint", "step", "iters",
-                                               "seconds", "images_per_s", "device",
-                                               "precision", "samples")},
+        "train": {k: trained.get(k) for k in _TRAIN_KEYS},
         "faces": {"dir": str(out / "faces"), "files": [str(p) for p in faces],
                   "refs": [str(p) for p in refs]},
         "translate": {"out": str(latent.out), "grids": str(latent.out / "_grid"),

@@ -43,3 +43,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_v2(tmp_path_factory, make_dataset):
+    """(home, checkpoint dir): a 2-iteration tiny StarGAN v2 run over a synthetic
+    demo-celeba's female/male, shared by the tests that translate or evaluate one."""
+    from pathlib import Path
+
+    import torch
+
+    from starcli.config import TrainConfig
+    from starcli.engine import train
+
+    root = tmp_path_factory.mktemp("tiny-v2")
+    home = root / "home"
+    home.mkdir()
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(TrainConfig.from_preset(
+            "tiny", family="stargan-v2", datasets=("demo-celeba",), home=str(home),
+            device="cpu", precision="fp32", run_dir=str(root / "run"), iters=2, save_every=2,
+            sample_every=0, log_every=1))
+    finally:
+        torch.set_num_threads(threads)
+    return home, Path(result["checkpoint"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,28 +236,9 @@ def test_run_pairs_outputs_as_planned_and_fid_compares_with_the_targets_train_im
     assert out["std"]["fid_latent"] == 0.0 and out["per_seed"][0]["seed"] == 3
 
 
-@pytest.fixture(scope="module")
-def v2(tmp_path_factory):
-    """A 2-iteration tiny StarGAN v2 checkpoint over demo-celeba's female/male."""
-    import importlib.util
-
-    from starcli.config import TrainConfig
-    from starcli.engine import train
-
-    root = tmp_path_factory.mktemp("v2")
-    home = root / "home"
-    home.mkdir()
-    path = Path(__file__).resolve().parent / "test_training.py"
-    spec = importlib.util.spec_from_file_location("_v2_eval_training", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.make_dataset(home, "demo-celeba", "celeba", seed=0)
-    torch.set_num_threads(1)
-    result = train(TrainConfig.from_preset(
-        "tiny", family="stargan-v2", datasets=("demo-celeba",), home=str(home), device="cpu",
-        precision="fp32", run_dir=str(root / "run"), iters=2, save_every=2, sample_every=0,
-        log_every=1))
-    return home, Path(result["checkpoint"])
+@pytest.fixture
+def v2(tiny_v2):
+    return tiny_v2
 
 
 def test_eval_runs_the_protocol_on_a_tiny_v2_checkpoint(v2, tmp_path, monkeypatch):

@@ -31,7 +31,29 @@ from torch import nn
 
 from starcli.runtime import Runtime
 
-__all__ = ["Family", "OptimizerSpec", "StepContext", "Optimizers", "Ema", "Step"]
+__all__ = ["Family", "OptimizerSpec", "StepContext", "Optimizers", "Ema", "Step", "PixelIO"]
+
+
+class PixelIO:
+    """uint8 images in and out of a translator (it sets `device`, `dtype`, `channels_last`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    channels_last: bool
+
+    def to_input(self, images) -> torch.Tensor:
+        """(N, S, S, 3) uint8 → (N, 3, S, S) in [-1, 1] on the device (channels-last memory
+        unless the translator runs NCHW)."""
+        x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = x.to(self.dtype).mul_(1 / 127.5).sub_(1.0)
+        return x if self.channels_last else x.contiguous()
+
+    @staticmethod
+    def to_uint8(y: torch.Tensor):
+        """(N, 3, S, S) in [-1, 1] → (N, S, S, 3) uint8 numpy on the CPU (works on inference
+        tensors outside inference mode too)."""
+        y = y.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from starcli.cli import app
-from starcli.config import TrainConfig
 from starcli.errors import UsageError
 from starcli.translate import GRID_DIR, TranslateConfig, _style_z, translate
 
@@ -20,27 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def v2(tmp_path_factory):
-    """A 2-iteration tiny StarGAN v2 checkpoint over demo-celeba's female/male."""
-    import importlib.util
-
-    from starcli.engine import train
-
-    root = tmp_path_factory.mktemp("v2")
-    home = root / "home"
-    home.mkdir()
-    path = Path(__file__).resolve().parents[1] / "test_training.py"
-    spec = importlib.util.spec_from_file_location("_v2_translate_training", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.make_dataset(home, "demo-celeba", "celeba", seed=0)
-    torch.set_num_threads(1)
-    result = train(TrainConfig.from_preset(
-        "tiny", family="stargan-v2", datasets=("demo-celeba",), home=str(home), device="cpu",
-        precision="fp32", run_dir=str(root / "run"), iters=2, save_every=2, sample_every=0,
-        log_every=1))
-    return home, Path(result["checkpoint"])
+@pytest.fixture
+def v2(tiny_v2):
+    return tiny_v2
 
 
 def _faces(folder: Path, n: int = 3) -> Path:

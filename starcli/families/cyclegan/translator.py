@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from starcli.families.base import PixelIO
+
 __all__ = ["Translator"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Translator:
+class Translator(PixelIO):
     can_estimate_labels = False  # no domain classifier: translate reads --labels or --to
 
     @classmethod
@@ -65,17 +67,6 @@ class Translator:
     def generate(self, x: torch.Tensor, c: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():
             return self._run(x.to(self.dtype), c)
-
-    def to_input(self, images: np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 → (N, 3, S, S) in [-1, 1] on the device."""
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
-        x = x.to(self.dtype).mul_(1 / 127.5).sub_(1.0)
-        return x if self.channels_last else x.contiguous()
-
-    @staticmethod
-    def to_uint8(y: torch.Tensor) -> np.ndarray:
-        y = y.float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def own_labels(self, x: torch.Tensor, layout) -> np.ndarray:
         raise NotImplementedError("a CycleGAN has no classifier; pass --labels")

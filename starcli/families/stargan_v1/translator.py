@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from starcli.data.labels import LabelLayout
+from starcli.families.base import PixelIO
 
 __all__ = ["Translator", "estimate_labels", "DTYPES"]
 
@@ -26,7 +27,7 @@ def _instance_norm(h: torch.Tensor, norm: torch.nn.Module, relu: bool) -> torch.
     return out.relu_() if relu else out
 
 
-class Translator:
+class Translator(PixelIO):
     """G and (optionally) D prepared for fast inference on one device and precision."""
 
     @classmethod
@@ -62,20 +63,6 @@ class Translator:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.precision == "bf16"):
             return self.G(x, c).float()
-
-    def to_input(self, images: np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 → (N, 3, S, S) in [-1, 1] on the device (channels-last)."""
-        x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = x.to(self.dtype).mul_(1 / 127.5).sub_(1.0)
-        if not self.channels_last:
-            x = x.contiguous()
-        return x
-
-    @staticmethod
-    def to_uint8(y: torch.Tensor) -> np.ndarray:
-        """(N, 3, S, S) in [-1, 1] → (N, S, S, 3) uint8 on the CPU."""
-        y = y.float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def generate(self, x: torch.Tensor, c: np.ndarray) -> torch.Tensor:
         labels = torch.from_numpy(c).to(self.device, self.dtype)

@@ -18,6 +18,8 @@ import zlib
 import numpy as np
 import torch
 
+from starcli.families.base import PixelIO
+
 __all__ = ["Translator", "MEAN_STYLE_SAMPLES"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,7 +27,7 @@ MEAN_STYLE_SAMPLES = 1000  # z per domain averaged for the truncation trick's me
 MEAN_STYLE_SEED = 0
 
 
-class Translator:
+class Translator(PixelIO):
     can_estimate_labels = False  # D judges real/fake per domain, not the other labels
 
     @classmethod
@@ -161,17 +163,6 @@ class Translator:
     def generate(self, x: torch.Tensor, c: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():
             return self._run(self._input(x), c)
-
-    def to_input(self, images: np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 → (N, 3, S, S) in [-1, 1] on the device."""
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
-        x = x.to(self.dtype).mul_(1 / 127.5).sub_(1.0)
-        return x if self.channels_last else x.contiguous()
-
-    @staticmethod
-    def to_uint8(y: torch.Tensor) -> np.ndarray:
-        y = y.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def own_labels(self, x: torch.Tensor, layout) -> np.ndarray:
         raise NotImplementedError("StarGAN v2 has no label classifier; pass --labels")
