@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["style_metrics", "DEFAULT_STYLES"]
+__all__ = ["style_metrics", "style_pictures", "DEFAULT_STYLES"]
 
 DEFAULT_STYLES = 10  # the StarGAN v2 protocol's outputs per source image
 
@@ -162,3 +162,60 @@ def style_metrics(model: Any, judge_space, clf, columns: Sequence[int], domains,
                   "style_match": "share of reference-guided outputs whose group member "
                                  "reads as the reference's"},
     }
+
+
+def style_pictures(model: Any, images: np.ndarray, domains, read: np.ndarray | None = None,
+                   *, faces: int = 4, styles: int = 5, seed: int = 0,
+                   pad: int = 2) -> dict[str, np.ndarray]:
+    """The paper's two figures on test faces, as uint8 pictures (tiles enlarged to at least
+    128 px, nearest neighbour): "latent", a row per face and domain (the input, then
+    `styles` latent styles; style j is the same z in every row), and "reference", the
+    matrix: the faces across the top, other test faces down the left as references, each
+    cell a face in a reference's style, read in the domain the reference is in (`read`: each
+    image's domain as the judge reads it; without it, D's guess, else domain 0)."""
+    if len(images) < 2:
+        return {}
+    n = min(faces, len(images) // 2)
+    src, refs = images[:n], images[n:2 * n]
+    x = model.to_input(src)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(styles, model.latent_dim, generator=gen)
+    rows = []
+    for i in range(n):
+        for d in range(len(domains.names)):
+            y = torch.full((styles,), d, dtype=torch.long)
+            out = model.generate_styled(x[i:i + 1].expand(styles, -1, -1, -1),
+                                        model.latent_style(z, y))
+            rows.append([src[i], *model.to_uint8(out)])
+    pictures = {"latent": _tiles(rows, pad)}
+    r = model.to_input(refs)
+    blank = np.full_like(src[0], 255)
+    matrix = [[blank, *src]]
+    for j in range(len(refs)):
+        d = int(read[n + j]) if read is not None and read[n + j] >= 0 else \
+            _domain_of(model, refs[j:j + 1])
+        y = torch.tensor([d])
+        s = model.reference_style(r[j:j + 1], y).expand(n, -1)
+        matrix.append([refs[j], *model.to_uint8(model.generate_styled(x, s))])
+    pictures["reference"] = _tiles(matrix, pad)
+    return pictures
+
+
+def _domain_of(model: Any, ref: np.ndarray) -> int:
+    """The domain a reference is read in: D's guess when the checkpoint has D, else 0."""
+    if getattr(model, "D", None) is not None:
+        return int(model.domain_of(model.to_input(ref))[0])
+    return 0
+
+
+def _tiles(rows: list[list[np.ndarray]], pad: int) -> np.ndarray:
+    s = rows[0][0].shape[0]
+    k = max(1, -(-128 // s))
+    h = len(rows) * (s + pad) + pad
+    w = max(len(r) for r in rows) * (s + pad) + pad
+    canvas = np.full((h, w, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            y0, x0 = pad + i * (s + pad), pad + j * (s + pad)
+            canvas[y0:y0 + s, x0:x0 + s] = tile
+    return np.repeat(np.repeat(canvas, k, axis=0), k, axis=1)

@@ -586,7 +586,7 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
     styler = get_family(ckpt.family).translator(ckpt, device, "fp32", fast=False)
     if clf is not None and getattr(styler, "has_styles", False):
         # Style-based families: latent and reference guidance, diversity (eval_styles).
-        from starcli.eval_styles import style_metrics
+        from starcli.eval_styles import style_metrics, style_pictures
 
         test = np.concatenate([b[0] for b in iterate_split(judge, cfg.split, batch_size=256,
                                                            limit=total)])
@@ -595,6 +595,14 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
         section["styles"] = style_metrics(styler, judge.space, clf, columns,
                                           ckpt.model.domains, test, styles=cfg.styles,
                                           seed=cfg.seed, batch_size=cfg.batch_size)
+        # The paper's figures: latent rows per domain and the reference matrix.
+        pick = np.unique(np.linspace(0, len(test) - 1, min(8, len(test))).round()
+                         .astype(np.int64))
+        read = ckpt.model.domains.assign(
+            clf.predict(to_tensor(test[pick]).to(device)).numpy()[:, columns]
+            .astype(np.float32))
+        section["_style_grids"] = style_pictures(styler, test[pick], ckpt.model.domains,
+                                                 read, seed=cfg.seed)
     section["_grid"] = (np.concatenate(inputs) if inputs else None,
                         [(t.target.name, np.concatenate(t.samples)) for t in tallies
                          if t.samples])
@@ -791,5 +799,6 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict[str, Any
         s.pop("_grid", None)
         s.pop("_judge", None)
         s.pop("_worst", None)
+        s.pop("_style_grids", None)
     report_mod.write_json(out, report)
     return report

@@ -295,6 +295,14 @@ def eval_page(report: dict[str, Any], files: dict[str, Any],
                            classes=[""] * (len(rows) - 1) + ["mean"]))
         if sec.get("styles"):
             body += _styles_section(sec["styles"])
+        pictures = (files.get("style_samples") or {}).get(sec["dataset"]) or {}
+        for kind, title in (("latent", "Latent-guided: a row per face and domain, the input "
+                                       "then styles (style j is one z in every row)"),
+                            ("reference", "Reference-guided: faces across, references down, "
+                                          "each cell a face in that reference's style")):
+            if pictures.get(kind):
+                body += [f"<h3>{text(title)}</h3>",
+                         f"<p>{_img(href(Path(pictures[kind]).name), kind + ' styles')}</p>"]
         grid = (files.get("samples") or {}).get(sec["dataset"])
         if grid:
             body += ["<h3>Samples: each input, then its translation to every target</h3>",

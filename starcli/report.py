@@ -213,6 +213,11 @@ def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
             atomic_write_bytes(path, _png(sample_grid(inputs, [c for c in columns
                                                                 if c[1] is not None])))
             files["samples"][sec["dataset"]] = str(path)
+        for kind, picture in (sec.get("_style_grids") or {}).items():
+            path = out / f"styles-{kind}-{sec['dataset']}.png"
+            atomic_write_bytes(path, _png(Image.fromarray(picture)))
+            files.setdefault("style_samples", {}).setdefault(sec["dataset"], {})[kind] = \
+                str(path)
     joint = len(report["datasets"]) > 1
     rows = [{"name": f"{sec['dataset']}: {r['target']}" if joint else r["target"], **r}
             for sec in report["datasets"] for r in sec["targets"]]

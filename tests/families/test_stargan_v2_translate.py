@@ -148,3 +148,21 @@ def test_the_metric_registry_runs_what_a_checkpoint_allows():
     assert run == ("accuracy", "lpips") and "style encoder" in skipped["reconstruction"]
     run, skipped = applicable_metrics(("accuracy", "fid_v2"), has_styles=False)
     assert run == ("accuracy",) and "StarGAN v2" in skipped["fid_v2"]
+
+
+def test_eval_draws_the_papers_latent_rows_and_reference_matrix(v2, tmp_path):
+    from starcli.evaluate import EvalConfig, evaluate
+
+    home, ckpt = v2
+    report = evaluate(EvalConfig(checkpoint=ckpt, home=home, metrics=("accuracy",),
+                                 num_images=16, classifier_epochs=1, styles=2, device="cpu",
+                                 out=tmp_path / "report"))
+    files = report["files"]["style_samples"]["demo-celeba"]
+    latent = np.asarray(Image.open(files["latent"]))
+    matrix = np.asarray(Image.open(files["reference"]))
+    k, s, pad = 4, 32, 2  # 32 px tiles enlarged 4x; 4 faces, 2 domains, 5 styles
+    assert latent.shape[:2] == (k * (8 * (s + pad) + pad), k * (6 * (s + pad) + pad))
+    assert matrix.shape[:2] == (k * (5 * (s + pad) + pad), k * (5 * (s + pad) + pad))
+    assert (matrix[k * pad:k * (pad + s), k * pad:k * (pad + s)] == 255).all()  # blank corner
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "styles-reference-demo-celeba.png" in page
