@@ -458,8 +458,10 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
     grid_rows = np.unique(np.linspace(0, total - 1, min(cfg.grid_images, total)).round()
                           .astype(np.int64))
     inputs: list[np.ndarray] = []
-    translate = get_family(ckpt.family).translator(ckpt, device, cfg.precision,
-                                                   fast=False).forward
+    # One translator serves the targets (its autocast forward) and, for style-based
+    # families, the style figures (fast=False: its weights stay fp32).
+    model = get_family(ckpt.family).translator(ckpt, device, cfg.precision, fast=False)
+    translate = model.forward
 
     with progress_task(progress, f"eval {ds.name}", total=total * len(targets),
                        unit="images") as task:
@@ -583,8 +585,7 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
             "real": None if ceiling["overall"] is None else 1.0 - ceiling["overall"],
             "paper": dict(PAPER_RAFD_ERROR) if space.format == "rafd" else None,
         }
-    styler = get_family(ckpt.family).translator(ckpt, device, "fp32", fast=False)
-    if clf is not None and getattr(styler, "has_styles", False):
+    if clf is not None and getattr(model, "has_styles", False):
         # Style-based families: latent and reference guidance, diversity (eval_styles).
         from starcli.eval_styles import style_metrics, style_pictures
 
@@ -592,7 +593,7 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                                                            limit=total)])
         log(progress, f"eval {ds.name}: latent ({cfg.styles} styles per face) and reference "
                       "guidance")
-        section["styles"] = style_metrics(styler, judge.space, clf, columns,
+        section["styles"] = style_metrics(model, judge.space, clf, columns,
                                           ckpt.model.domains, test, styles=cfg.styles,
                                           seed=cfg.seed, batch_size=cfg.batch_size)
         # The paper's figures: latent rows per domain and the reference matrix.
@@ -601,7 +602,7 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
         read = ckpt.model.domains.assign(
             clf.predict(to_tensor(test[pick]).to(device)).numpy()[:, columns]
             .astype(np.float32))
-        section["_style_grids"] = style_pictures(styler, test[pick], ckpt.model.domains,
+        section["_style_grids"] = style_pictures(model, test[pick], ckpt.model.domains,
                                                  read, seed=cfg.seed)
     section["_grid"] = (np.concatenate(inputs) if inputs else None,
                         [(t.target.name, np.concatenate(t.samples)) for t in tallies
