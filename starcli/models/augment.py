@@ -9,6 +9,8 @@ every transform to the images (G learns through them).
 
 - ``shift``: an integer translation of up to 1/8 of each side, the uncovered border zero.
 - ``cutout``: one square of a quarter of the side set to zero, anywhere (clipped at edges).
+- ``noise``: Gaussian noise of standard deviation 0.1 on every pixel (randomised smoothing:
+  a perturbation must be larger than the noise to move D's reading).
 - ``colour``: brightness (+U(-0.25, 0.25)), saturation (×U(0.5, 1.5)) and contrast
   (×U(0.75, 1.25)) around each image's mean. Milder than DiffAugment's, since hair colour is
   itself a label here.
@@ -38,6 +40,11 @@ def _colour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return mean + (x - mean) * _uniform(gen, n, 0.75, 1.25, x)[:, None, None, None]
 
 
+def _noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+    return x + 0.1 * noise
+
+
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     limit_y, limit_x = max(h // 8, 1), max(w // 8, 1)
@@ -65,13 +72,13 @@ def _cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x * (~inside)[:, None].to(device=x.device, dtype=x.dtype)
 
 
-_OPS = {"colour": _colour, "shift": _shift, "cutout": _cutout}
-ORDER = ("colour", "shift", "cutout")
+_OPS = {"colour": _colour, "shift": _shift, "cutout": _cutout, "noise": _noise}
+ORDER = ("colour", "shift", "cutout", "noise")
 
 
 def augment(x: torch.Tensor, policy: Sequence[str], gen: torch.Generator) -> torch.Tensor:
     """`x` (N, C, H, W) with every transform named in `policy` applied, in the fixed order
-    colour, shift, cutout (so a policy's order does not change its meaning)."""
+    colour, shift, cutout, noise (so a policy's order does not change its meaning)."""
     unknown = set(policy) - set(_OPS)
     if unknown:
         raise ValueError(f"unknown augmentations {sorted(unknown)}; known: {', '.join(ORDER)}")

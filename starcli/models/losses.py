@@ -25,6 +25,7 @@ from starcli.errors import ConfigError
 from starcli.families.stargan_v1.config import ADV_LOSSES
 
 __all__ = [
+    "classifier_gradient_penalty",
     "ADV_LOSSES",
     "CLS_LOSSES",
     "d_adversarial_loss",
@@ -95,6 +96,23 @@ def gradient_penalty(d_src: Callable[[torch.Tensor], torch.Tensor], real: torch.
     with torch.autocast(device_type=real.device.type, enabled=False):
         norm = grad.float().flatten(1).norm(2, dim=1)
         return (norm - 1).square().mean()
+
+
+def classifier_gradient_penalty(d_cls: Callable[[torch.Tensor], torch.Tensor],
+                                real: torch.Tensor, labels: torch.Tensor, kind: str
+                                ) -> torch.Tensor:
+    """Mean over images of ``||grad_x loss_i(D_cls(x_i))||_2^2`` on real images, where loss_i
+    is image i's own classification loss (input-gradient regularisation, Ross & Doshi-Velez
+    2018): a classifier that is flat around the real images cannot be flipped by a small
+    perturbation, so G has to make the change itself. `d_cls` maps images to the logits of
+    the label space `labels` belong to. The graph is kept for D's backward."""
+    x = real.detach().requires_grad_(True)
+    logits = d_cls(x)
+    # The sum of per-image losses: each image's gradient is its own loss's, not 1/N of it.
+    loss = classification_loss(logits, labels, kind) * x.shape[0]
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        return grad.float().flatten(1).square().sum(1).mean()
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

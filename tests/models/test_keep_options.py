@@ -60,6 +60,39 @@ def test_augment_lets_gradients_through_and_keeps_channels_last():
         augment(x, ("wobble",), _gen(0))
 
 
+def test_noise_adds_seeded_gaussian_noise_of_std_a_tenth():
+    x = torch.zeros(64, 3, 32, 32)
+    a = augment(x, ("noise",), torch.Generator().manual_seed(3))
+    b = augment(x, ("noise",), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert abs(a.mean().item()) < 0.005 and abs(a.std().item() - 0.1) < 0.005
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "onehot"])
+def test_classifier_gradient_penalty_is_each_images_own_squared_gradient(kind):
+    from starcli.models.losses import classification_loss, classifier_gradient_penalty
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
+    x = torch.randn(6, 3, 8, 8)
+    labels = (torch.rand(6, 5) < 0.5).float() if kind == "multilabel" else \
+        torch.randint(0, 5, (6,))
+    penalty = classifier_gradient_penalty(net, x, labels, kind)
+    expected = []
+    for i in range(6):  # one image at a time: its own loss, its own gradient
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(classification_loss(net(xi), labels[i:i + 1], kind), xi)
+        expected.append(g.square().sum())
+    assert torch.allclose(penalty, torch.stack(expected).mean(), rtol=1e-5)
+    penalty.backward()  # the graph reaches the classifier's weights
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    # A classifier that ignores its input has nothing to penalise.
+    flat = classifier_gradient_penalty(lambda z: torch.zeros(6, 5) + 0 * z.sum(), x, labels,
+                                       kind)
+    assert flat.item() == 0.0
+
+
 def test_total_variation_is_zero_for_flat_masks_only():
     assert total_variation(torch.full((2, 1, 8, 8), 0.3)).item() == 0
     assert total_variation(torch.rand(2, 1, 8, 8, generator=_gen(0))).item() > 0
@@ -92,6 +125,7 @@ def test_blend_generator_returns_its_input_where_the_mask_is_closed():
     (dict(d_augment="shift,wobble"), "--d-augment"),
     (dict(lambda_id=-1.0), "--lambda-id"),
     (dict(lambda_mask=-0.1), "--lambda-mask"),
+    (dict(lambda_cls_gp=-1.0), "--lambda-cls-gp"),
     (dict(g_blend="yes"), "--g-blend"),
 ])
 def test_bad_keep_options_name_their_flag(overrides, flag):
@@ -101,12 +135,12 @@ def test_bad_keep_options_name_their_flag(overrides, flag):
 
 def test_paper_preset_leaves_every_keep_option_off():
     opt = TrainConfig.from_preset("paper", datasets=("celeba",)).options
-    assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.augments) == \
-        (False, 0.0, 0.0, 0.0, ())
+    assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.lambda_cls_gp,
+            opt.augments) == (False, 0.0, 0.0, 0.0, 0.0, ())
 
 
 KEEP = dict(g_blend=True, lambda_id=2.0, lambda_mask=0.1, lambda_mask_tv=1e-3,
-            d_augment="shift,cutout", adv_loss="lsgan", n_critic=1)
+            lambda_cls_gp=0.5, d_augment="shift,cutout,noise", adv_loss="lsgan", n_critic=1)
 
 
 def _cfg(home, run_dir, **overrides) -> TrainConfig:
@@ -129,7 +163,7 @@ def test_keep_options_train_log_their_losses_and_resume_exactly(home, make_datas
     records: list[dict] = []
     straight = train(_cfg(home, tmp_path / "straight"), on_log=records.append)
     assert straight["step"] == 6
-    assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 for r in records)
+    assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 and r["D/cls_gp"] > 0 for r in records)
     ckpt = load_checkpoint(tmp_path / "straight")
     assert ckpt.model.g_blend and ckpt.G.to_mask is not None
 

@@ -23,7 +23,7 @@ __all__ = ["StarGANv1Options", "PRESETS", "ADV_LOSSES", "check_image_size"]
 
 ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
 # What `--d-augment` may apply to every image D sees (reals and fakes alike, in both steps).
-D_AUGMENTS = ("shift", "cutout", "colour")
+D_AUGMENTS = ("shift", "cutout", "colour", "noise")
 
 
 
@@ -96,10 +96,15 @@ class StarGANv1Options:
                             "nothing has to change)."})
     lambda_mask_tv: float = field(default=0.0, metadata={
         "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    lambda_cls_gp: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "Weight of the squared gradient of D's classification loss with "
+                            "respect to real images (a smooth classifier that small "
+                            "perturbations cannot flip)."})
     d_augment: str = field(default="", metadata={
         "help": "Comma-separated augmentations of every image D sees, reals and fakes alike "
                 "(DiffAugment): shift (up to 1/8 of the side), cutout (a quarter-side square), "
-                "colour. Keeps D's classifier from being fooled by small perturbations."})
+                "colour, noise (Gaussian, std 0.1). Keeps D's classifier from being fooled by "
+                "small perturbations."})
 
     def __post_init__(self) -> None:
         for name in ("n_critic", "g_conv_dim", "d_conv_dim", "d_repeat_num", "g_down_num"):
@@ -116,7 +121,7 @@ class StarGANv1Options:
             raise ConfigError(f"--d-augment {self.d_augment!r}: {', '.join(unknown)} is not "
                               f"known; choose from {', '.join(D_AUGMENTS)}.")
         for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_id", "lambda_mask",
-                     "lambda_mask_tv"):
+                     "lambda_mask_tv", "lambda_cls_gp"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"{flag(name)} must be a number >= 0, got {value!r}.")

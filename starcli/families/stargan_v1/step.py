@@ -24,6 +24,7 @@ from starcli.families.base import StepContext
 from starcli.models.augment import augment, total_variation
 from starcli.models.losses import (
     classification_loss,
+    classifier_gradient_penalty,
     d_adversarial_loss,
     g_adversarial_loss,
     gradient_penalty,
@@ -32,8 +33,8 @@ from starcli.models.losses import (
 
 __all__ = ["StarGANv1Step", "LOSS_KEYS", "PER_DATASET_KEYS", "LOG_KEYS"]
 
-LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "G/loss", "G/adv", "G/cls", "G/rec", "G/id",
-             "G/mask")
+LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "D/cls_gp", "G/loss", "G/adv", "G/cls",
+             "G/rec", "G/id", "G/mask")
 PER_DATASET_KEYS = ("D/cls", "D/acc_real", "G/cls", "G/rec", "G/acc_fake")
 LOG_KEYS = ("D/loss", "D/cls", "G/loss", "G/cls", "G/rec")
 
@@ -132,6 +133,12 @@ class StarGANv1Step:
         if use_gp:
             d_loss = d_loss + opt.lambda_gp * d_gp
             out["D/gp"] = d_gp.detach()
+        if opt.lambda_cls_gp > 0:  # a classifier flat around the reals (eager D: double backward)
+            with rt.autocast():
+                d_cls_gp = classifier_gradient_penalty(
+                    lambda z: self.D_eager(self.aug(z))[1][:, cls_slice], x, labels, kind)
+            d_loss = d_loss + opt.lambda_cls_gp * d_cls_gp
+            out["D/cls_gp"] = d_cls_gp.detach()
         ctx.optimizers.step("d", d_loss)
         out.update({"D/loss": d_loss.detach(), "D/adv": d_adv.detach(),
                     "D/cls": d_cls.detach(),
