@@ -349,6 +349,7 @@ class _TargetTally:
     id_count: int = 0
     kept: int = 0  # faces whose every non-targeted label reads the same after translation
     kept_count: int = 0
+    kept_by: Any = None  # per retained label: faces whose reading of it did not change
     real: FeatureStats = field(default_factory=FeatureStats)  # real images of the domain
     fake: FeatureStats = field(default_factory=FeatureStats)
     samples: list[np.ndarray] = field(default_factory=list)  # uint8 (k, S, S, 3) parts
@@ -511,7 +512,10 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
                     tally.eligible += int((~before).sum())
                     tally.eligible_hits += int((carries & ~before).sum())
                     if other:
-                        same = (read_after[:, other] == read_before[:, other]).all(1)
+                        same_by = read_after[:, other] == read_before[:, other]
+                        same = same_by.all(1)
+                        by = same_by.sum(0)
+                        tally.kept_by = by if tally.kept_by is None else tally.kept_by + by
                         tally.kept += int(same.sum())
                         tally.kept_count += len(same)
                 if want_rec:
@@ -545,12 +549,17 @@ def _evaluate_space(ckpt: LoadedCheckpoint, pair: _Pairing, cfg: EvalConfig, hom
             "retention": _ratio(tally.kept, tally.kept_count) if clf is not None else None,
             "retained_labels": (kept_names if kept_names is not None else
                                 [judge.space.names[k] for k in other]),
+            "retention_by_label": None,
             "identity_l1": _ratio(tally.id_sum, tally.id_count),
             "identity_l1_frame": _ratio(tally.id_frame_sum, tally.id_count),
             "cycle_l1": cycle,
             "reconstruction_l1": cycle,  # the old name of cycle_l1, kept for old readers
             "fid": None,
         }
+        if tally.kept_by is not None and tally.kept_count:
+            row["retention_by_label"] = {
+                name: round(int(k) / tally.kept_count, 4)
+                for name, k in zip(row["retained_labels"], tally.kept_by, strict=True)}
         if want_fid:
             if tally.real.count >= 2 and tally.fake.count >= 2:
                 row["fid"] = fid_between(tally.real, tally.fake)

@@ -318,6 +318,11 @@ def test_retention_with_a_fixed_classifier(data, tmp_path, monkeypatch):
         # OracleG drops the unconditioned band: only faces without glasses keep every label.
         assert r["retention"] == pytest.approx((glasses == 0).mean()), r["target"]
         assert "Eyeglasses" in r["retained_labels"]
+        # Which label broke: only Eyeglasses changes its reading, every other is kept.
+        by = r["retention_by_label"]
+        assert list(by) == r["retained_labels"]
+        assert by["Eyeglasses"] == pytest.approx((glasses == 0).mean(), abs=1e-4)
+        assert all(v == 1.0 for k, v in by.items() if k != "Eyeglasses")
     per = {r["target"]: r["retained_labels"] for r in sec["targets"]}
     assert per["Blond_Hair"] == ["Male", "Eyeglasses"]  # its hair group is targeted
     assert per["Male=1"] == ["Black_Hair", "Blond_Hair", "Eyeglasses"]
