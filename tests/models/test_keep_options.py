@@ -126,6 +126,7 @@ def test_blend_generator_returns_its_input_where_the_mask_is_closed():
     (dict(lambda_id=-1.0), "--lambda-id"),
     (dict(lambda_mask=-0.1), "--lambda-mask"),
     (dict(lambda_cls_gp=-1.0), "--lambda-cls-gp"),
+    (dict(d_warmup=-1), "--d-warmup"),
     (dict(g_blend="yes"), "--g-blend"),
 ])
 def test_bad_keep_options_name_their_flag(overrides, flag):
@@ -136,7 +137,7 @@ def test_bad_keep_options_name_their_flag(overrides, flag):
 def test_paper_preset_leaves_every_keep_option_off():
     opt = TrainConfig.from_preset("paper", datasets=("celeba",)).options
     assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.lambda_cls_gp,
-            opt.augments) == (False, 0.0, 0.0, 0.0, 0.0, ())
+            opt.d_warmup, opt.augments) == (False, 0.0, 0.0, 0.0, 0.0, 0, ())
 
 
 KEEP = dict(g_blend=True, lambda_id=2.0, lambda_mask=0.1, lambda_mask_tv=1e-3,
@@ -180,3 +181,29 @@ def test_keep_options_train_log_their_losses_and_resume_exactly(home, make_datas
     a = load_file(str(tmp_path / "plain/checkpoints/step-00000003/D.safetensors"))
     b = load_file(str(tmp_path / "half/checkpoints/step-00000003/D.safetensors"))
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_d_warmup_trains_only_the_classifier_then_the_gan(home, make_dataset, tmp_path,
+                                                          one_thread):
+    from safetensors.torch import load_file
+
+    from starcli.engine import train
+
+    make_dataset(home)
+    records: list[dict] = []
+    train(_cfg(home, tmp_path / "a", iters=5, d_warmup=3, save_every=3), on_log=records.append)
+    by_step = {r["step"]: r for r in records}
+    assert all("G/loss" not in by_step[s] and "D/adv" not in by_step[s] and "D/cls" in by_step[s]
+               for s in (1, 2, 3))
+    assert all("G/loss" in by_step[s] for s in (4, 5))
+    # G never steps during the warm-up: its learning rate cannot matter there, D's does.
+    train(_cfg(home, tmp_path / "b", iters=3, d_warmup=3, g_lr=5e-2))
+    train(_cfg(home, tmp_path / "c", iters=3, d_warmup=3, d_lr=5e-2))
+
+    def weights(run: str, name: str) -> dict:
+        return load_file(str(tmp_path / run / "checkpoints/step-00000003" / f"{name}.safetensors"))
+
+    g_a, g_b = weights("a", "G"), weights("b", "G")
+    assert all(torch.equal(g_a[k], g_b[k]) for k in g_a)
+    d_a, d_c = weights("a", "D"), weights("c", "D")
+    assert not all(torch.equal(d_a[k], d_c[k]) for k in d_a)

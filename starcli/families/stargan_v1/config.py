@@ -96,6 +96,9 @@ class StarGANv1Options:
                             "nothing has to change)."})
     lambda_mask_tv: float = field(default=0.0, metadata={
         "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    d_warmup: int = field(default=0, metadata={
+        "min": 0, "help": "The first N iterations train only D's classifier, on real images "
+                          "(G starts against a classifier that already reads the labels)."})
     lambda_cls_gp: float = field(default=0.0, metadata={
         "min": 0.0, "help": "Weight of the squared gradient of D's classification loss with "
                             "respect to real images (a smooth classifier that small "
@@ -110,6 +113,7 @@ class StarGANv1Options:
         for name in ("n_critic", "g_conv_dim", "d_conv_dim", "d_repeat_num", "g_down_num"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("g_repeat_num", self.g_repeat_num, minimum=0)
+        check_int("d_warmup", self.d_warmup, minimum=0)
         if self.adv_loss not in ADV_LOSSES:
             raise ConfigError(f"--adv-loss {self.adv_loss!r} is not known; choose one of "
                               f"{', '.join(ADV_LOSSES)}.")

@@ -103,6 +103,16 @@ class StarGANv1Step:
         c_trg = layout.encode(space, label_trg)
         out: dict[str, torch.Tensor] = {}
 
+        if step <= opt.d_warmup:  # --d-warmup: D's classifier alone, on the real images
+            with rt.autocast():
+                src, cls = self.D(self.aug(x))
+                cls_real = cls[:, cls_slice]
+                d_cls = classification_loss(cls_real, labels, kind)
+            # The src head joins with weight 0, so DDP sees every parameter used.
+            ctx.optimizers.step("d", opt.lambda_cls * d_cls + 0.0 * src.float().sum())
+            return {"D/cls": d_cls.detach(),
+                    "D/acc_real": _accuracy(cls_real.detach().float(), labels, kind)}
+
         # ---- D: real vs fake, classify the real images.
         use_gp = opt.adv_loss == "wgan-gp" and opt.lambda_gp > 0
         self.d_steps[space] += 1
