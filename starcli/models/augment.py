@@ -92,7 +92,8 @@ def augment(x: torch.Tensor, policy: Sequence[str], gen: torch.Generator) -> tor
 
 
 def total_variation(mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring mask values (N, 1, H, W) -> 0-d, in fp32."""
+    """Mean squared difference between neighbouring values of `mask` (N, C, H, W) -> 0-d, in
+    fp32 (a mask, or the change an edit makes)."""
     m = mask.float()
     return (m[:, :, 1:, :] - m[:, :, :-1, :]).square().mean() + \
         (m[:, :, :, 1:] - m[:, :, :, :-1]).square().mean()

@@ -127,6 +127,7 @@ def test_blend_generator_returns_its_input_where_the_mask_is_closed():
     (dict(lambda_mask=-0.1), "--lambda-mask"),
     (dict(lambda_cls_gp=-1.0), "--lambda-cls-gp"),
     (dict(d_warmup=-1), "--d-warmup"),
+    (dict(lambda_change_tv=-1.0), "--lambda-change-tv"),
     (dict(g_blend="yes"), "--g-blend"),
 ])
 def test_bad_keep_options_name_their_flag(overrides, flag):
@@ -137,11 +138,13 @@ def test_bad_keep_options_name_their_flag(overrides, flag):
 def test_paper_preset_leaves_every_keep_option_off():
     opt = TrainConfig.from_preset("paper", datasets=("celeba",)).options
     assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.lambda_cls_gp,
-            opt.d_warmup, opt.augments) == (False, 0.0, 0.0, 0.0, 0.0, 0, ())
+            opt.lambda_change_tv, opt.d_warmup, opt.augments) == \
+        (False, 0.0, 0.0, 0.0, 0.0, 0.0, 0, ())
 
 
 KEEP = dict(g_blend=True, lambda_id=2.0, lambda_mask=0.1, lambda_mask_tv=1e-3,
-            lambda_cls_gp=0.5, d_augment="shift,cutout,noise", adv_loss="lsgan", n_critic=1)
+            lambda_cls_gp=0.5, lambda_change_tv=0.1, d_augment="shift,cutout,noise",
+            adv_loss="lsgan", n_critic=1)
 
 
 def _cfg(home, run_dir, **overrides) -> TrainConfig:
@@ -164,7 +167,8 @@ def test_keep_options_train_log_their_losses_and_resume_exactly(home, make_datas
     records: list[dict] = []
     straight = train(_cfg(home, tmp_path / "straight"), on_log=records.append)
     assert straight["step"] == 6
-    assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 and r["D/cls_gp"] > 0 for r in records)
+    assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 and r["D/cls_gp"] > 0 and
+               r["G/change_tv"] > 0 for r in records)
     ckpt = load_checkpoint(tmp_path / "straight")
     assert ckpt.model.g_blend and ckpt.G.to_mask is not None
 

@@ -96,6 +96,10 @@ class StarGANv1Options:
                             "nothing has to change)."})
     lambda_mask_tv: float = field(default=0.0, metadata={
         "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    lambda_change_tv: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "Weight of the total variation of the change G makes, "
+                            "G(x, c') − x: edits must be smooth patches, not the "
+                            "high-frequency patterns that fool a classifier."})
     d_warmup: int = field(default=0, metadata={
         "min": 0, "help": "The first N iterations train only D's classifier, on real images "
                           "(G starts against a classifier that already reads the labels)."})
@@ -125,7 +129,7 @@ class StarGANv1Options:
             raise ConfigError(f"--d-augment {self.d_augment!r}: {', '.join(unknown)} is not "
                               f"known; choose from {', '.join(D_AUGMENTS)}.")
         for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_id", "lambda_mask",
-                     "lambda_mask_tv", "lambda_cls_gp"):
+                     "lambda_mask_tv", "lambda_cls_gp", "lambda_change_tv"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"{flag(name)} must be a number >= 0, got {value!r}.")

@@ -34,7 +34,7 @@ from starcli.models.losses import (
 __all__ = ["StarGANv1Step", "LOSS_KEYS", "PER_DATASET_KEYS", "LOG_KEYS"]
 
 LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "D/cls_gp", "G/loss", "G/adv", "G/cls",
-             "G/rec", "G/id", "G/mask")
+             "G/rec", "G/id", "G/mask", "G/change_tv")
 PER_DATASET_KEYS = ("D/cls", "D/acc_real", "G/cls", "G/rec", "G/acc_fake")
 LOG_KEYS = ("D/loss", "D/cls", "G/loss", "G/cls", "G/rec")
 
@@ -167,6 +167,10 @@ class StarGANv1Step:
                     g_id = reconstruction_loss(x, self.G(x, c_org))
                     g_loss = g_loss + opt.lambda_id * g_id
                     out["G/id"] = g_id.detach()
+                if opt.lambda_change_tv > 0:  # smooth edits, no fooling patterns
+                    g_tv = total_variation(fake_g - x.to(fake_g.dtype))
+                    g_loss = g_loss + opt.lambda_change_tv * g_tv
+                    out["G/change_tv"] = g_tv.detach()
                 if mask is not None and (opt.lambda_mask > 0 or opt.lambda_mask_tv > 0):
                     g_mask = mask.float().mean()
                     g_loss = g_loss + opt.lambda_mask * g_mask + \
