@@ -19,6 +19,7 @@ from starcli.data.domains import Domains, resolve_domains
 from starcli.errors import ConfigError
 from starcli.families.base import OptimizerSpec, StepContext
 from starcli.families.stargan_v2.config import StarGANv2Options
+from starcli.families.stargan_v2.fan import FAN
 from starcli.families.stargan_v2.networks import V2ModelConfig, build_v2, count_parameters
 from starcli.families.stargan_v2.samples import Sampler
 from starcli.families.stargan_v2.step import (
@@ -165,8 +166,8 @@ class StarGANv2:
     def load_inference(self, ckpt_dir: Path, meta: dict[str, Any], model: V2Model, *,
                        device: str | torch.device, with_discriminator: bool, ema: bool
                        ) -> tuple[dict[str, nn.Module], bool]:
-        """G, F, E (their moving averages when the checkpoint has them and `ema`) and, when
-        asked for, D."""
+        """G, F, E (their moving averages when the checkpoint has them and `ema`), when asked
+        for, D, and the FAN when meta["masks"] (w_hpf > 0 with face masks)."""
         ckpt_dir = Path(ckpt_dir)
         use_ema = ema and all((ckpt_dir / f"{n}_ema.safetensors").is_file() for n in AVERAGED)
         files = {n: ckpt_dir / (f"{n}_ema.safetensors" if use_ema else f"{n}.safetensors")
@@ -183,6 +184,11 @@ class StarGANv2:
         for n, f in files.items():
             load_weights(fresh[n], f)
             modules[n] = fresh[n].to(device).eval()
+        if meta.get("masks"):  # the FAN that makes G's face masks travels in the checkpoint
+            with torch.random.fork_rng(devices=[]):
+                fan = FAN()
+            load_weights(fan, ckpt_dir / "FAN.safetensors")
+            modules["FAN"] = fan.requires_grad_(False).to(device)
         return modules, use_ema
 
     def translator(self, ckpt, device: torch.device, precision: str,
