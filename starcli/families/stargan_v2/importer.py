@@ -210,6 +210,7 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
         "has_discriminator": D is not None, "imported": imported, "starcli": __version__}
     if masked:
         meta["masks"] = fan is not None
+        meta["model"]["masks"] = fan is not None
     # The file holds the moving averages, which is what inference loads (load_inference).
     saved = {f"{n}_ema": m for n, m in modules.items()}
     if fan is not None:
