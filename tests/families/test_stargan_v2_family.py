@@ -300,7 +300,7 @@ def test_sources_drop_rows_in_no_domain_and_the_grid_shows_every_domain(home, tm
 def test_w_hpf_trains_with_a_wing_file_and_its_checkpoint_translates(home, tmp_path,
                                                                    make_dataset):
     from starcli.checkpoint import load_checkpoint, read_meta
-    from starcli.engine import train
+    from starcli.engine import resume_config, train
     from starcli.families import get_family
     from starcli.families.stargan_v2.fan import FAN, face_masks
 
@@ -310,11 +310,13 @@ def test_w_hpf_trains_with_a_wing_file_and_its_checkpoint_translates(home, tmp_p
     wing = tmp_path / "wing.ckpt"
     torch.save({"state_dict": fan_sd}, wing)
     cfg = _cfg(home, tmp_path, w_hpf=1.0, wing=str(wing), iters=2, batch_size=2,
-               save_every=2, sample_every=2)
+               save_every=2, sample_every=0)  # a grid costs 30+ FAN passes
     result = train(cfg)
     ckpt_dir = result["checkpoint"]
     meta = read_meta(ckpt_dir)
     assert meta["model"]["masks"] is True and "FAN" in meta["modules"]
+    resumed = train(resume_config(str(ckpt_dir), iters=3))
+    assert resumed["resumed_from"] == 2 and resumed["step"] == 3
     wing.unlink()  # translate needs nothing but the checkpoint
     ckpt = load_checkpoint(ckpt_dir)
     fan = ckpt.modules["FAN"]
