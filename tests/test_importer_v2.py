@@ -314,13 +314,23 @@ def test_fetch_pretrained_v2_rejects_a_web_page(tmp_path, home, server):
     assert not (home / "raw" / "pretrained-v2-celeba-hq" / "100000_nets_ema.ckpt").exists()
 
 
-def test_fetch_pretrained_v2_celeba_hq_from_a_local_file_imports_without_masks(tmp_path, home):
+def test_fetch_pretrained_v2_celeba_hq_from_a_local_file_masks_only_with_a_fan(tmp_path, home):
     path, _ = official_file(tmp_path / "src", _cfg(size=256, w_hpf=1.0, k=2))
     res = CliRunner().invoke(app, ["fetch", "pretrained-v2-celeba-hq", "--from", str(path),
                                    "--home", str(home), "--json"])
     assert res.exit_code == 0, res.output
-    assert "importing with --no-masks" in res.output
+    assert "else importing with --no-masks" in res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["masks"] is False and summary["w_hpf"] == 1.0
     meta = json.loads((Path(summary["path"]) / "meta.json").read_text())
     assert meta["masks"] is False and meta["model"]["domains"]["names"] == ["female", "male"]
+
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["fan"] = _fan_state(9)  # the official release carries its FAN
+    torch.save(ckpt, path)
+    res = CliRunner().invoke(app, ["fetch", "pretrained-v2-celeba-hq", "--from", str(path),
+                                   "--home", str(home), "--json", "--force"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["masks"] is True
+    assert "FAN" in load_checkpoint(summary["path"]).modules

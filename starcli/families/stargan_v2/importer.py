@@ -123,7 +123,8 @@ def _model(ckpt: Mapping[str, Any], path: Path, names: tuple[str, ...], image_si
 
 def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_size: int = 256,
                       w_hpf: float | None = None, wing: Path | None = None,
-                      no_masks: bool = False, discriminator: Path | None = None,
+                      no_masks: bool = False, masks_if_present: bool = False,
+                      discriminator: Path | None = None,
                       dataset: str | None = None, force: bool = False,
                       progress: Progress | None = None) -> Path:
     """Convert an official ``*_nets_ema.ckpt`` (and optionally D from a ``*_nets.ckpt``) into
@@ -132,7 +133,8 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
 
     `w_hpf` None reads it from the file. A w_hpf > 0 model (CelebA-HQ) needs FAN weights (the
     file's ``fan`` entry, else `wing`), saved as the checkpoint's FAN (meta["masks"] True), or
-    `no_masks` (meta["masks"] False). `dataset` names the training set for the framing
+    `no_masks` (meta["masks"] False); `masks_if_present` imports without them, instead of
+    refusing, when neither is there (fetch). `dataset` names the training set for the framing
     recipe (default "celeba-hq" for w_hpf > 0, else "afhq"). A folder holding checkpoints or
     a run is refused (ConfigError) unless `force`.
     """
@@ -153,6 +155,8 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
     model = _model(ckpt, path, names, image_size, w_hpf)
     masked = model.w_hpf > 0
     has_fan = isinstance(ckpt.get("fan"), Mapping)
+    if masked and wing is None and not has_fan and masks_if_present:
+        no_masks = True
     if masked and wing is None and not has_fan and not no_masks:
         raise ConfigError(
             f"{path.name} is a w_hpf {model.w_hpf:g} model (CelebA-HQ), whose high-pass skips "
@@ -237,8 +241,9 @@ def fetch_pretrained_v2(spec: DatasetSpec, cfg: FetchConfig,
                         progress: Progress | None = None) -> dict[str, Any]:
     """`starcli fetch pretrained-v2-afhq`: download the official file (mirrors first), or
     take --from PATH (the file, a folder or an archive holding it), and import it into
-    <home>/pretrained/<name>/. A w_hpf > 0 entry (CelebA-HQ) imports without masks."""
-    from starcli.checkpoint import list_checkpoints
+    <home>/pretrained/<name>/. A w_hpf > 0 entry (CelebA-HQ) imports with the FAN of the
+    file's 'fan' entry (the official release has one), else without masks."""
+    from starcli.checkpoint import list_checkpoints, read_meta
     from starcli.paths import raw_dir
 
     home = Path(cfg.home)
@@ -266,8 +271,9 @@ def fetch_pretrained_v2(spec: DatasetSpec, cfg: FetchConfig,
             for f in spec.files:
                 (raw / f.name).unlink(missing_ok=True)
         raise
+    masks = read_meta(ckpt).get("masks")
     return {"dataset": spec.name, "path": str(ckpt), "files": files, "domains": list(domains),
-            "w_hpf": float(w_hpf), "masks": False if w_hpf > 0 else None,
+            "w_hpf": float(w_hpf), "masks": bool(masks) if w_hpf > 0 else None,
             "image_size": int(spec.image_size[0])}
 
 
@@ -306,9 +312,10 @@ def _fetch_and_import(spec: DatasetSpec, cfg: FetchConfig, raw: Path, target: Pa
                 "not the official file; fetch again (another --mirror), or pass --from PATH "
                 "to a copy you trust.")
         if w_hpf > 0:
-            log(progress, f"{spec.name}: w_hpf {w_hpf:g} model; FAN masks are not "
-                          "implemented yet, importing with --no-masks")
+            log(progress, f"{spec.name}: w_hpf {w_hpf:g} model; masks from the file's 'fan' "
+                          "entry when it has one, else importing with --no-masks")
         # The target is fetch's own folder (skipped above unless --force or --from).
         return import_stargan_v2(found, domains, target, image_size=int(spec.image_size[0]),
-                                 w_hpf=w_hpf, no_masks=True, dataset=spec.raw.get("dataset"),
-                                 force=True, progress=progress)
+                                 w_hpf=w_hpf, masks_if_present=True,
+                                 dataset=spec.raw.get("dataset"), force=True,
+                                 progress=progress)
