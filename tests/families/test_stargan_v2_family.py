@@ -328,3 +328,33 @@ def test_w_hpf_trains_with_a_wing_file_and_its_checkpoint_translates(home, tmp_p
     with torch.no_grad():
         assert torch.allclose(got, ckpt.G(x, s, masks=face_masks(fan, x)), atol=1e-5)
         assert not torch.allclose(got, ckpt.G(x, s), atol=1e-4)
+
+
+def test_masks_come_from_x_real_then_from_the_fake_for_the_cycle(home, tmp_path, make_dataset,
+                                                                 monkeypatch):
+    from starcli.engine import attach_step, build_parts, describe_run
+    from starcli.families.stargan_v2 import step as step_module
+    from starcli.families.stargan_v2.fan import FAN
+
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    wing = tmp_path / "wing.ckpt"
+    torch.save({"state_dict": FAN().state_dict()}, wing)
+    plan = describe_run(_cfg(home, tmp_path, w_hpf=1.0, wing=str(wing), batch_size=2))
+    built = build_parts(plan)
+    step = attach_step(plan, built)
+    seen = []
+
+    def fake_masks(fan, x):
+        seen.append(x.detach().clone())
+        ones = torch.ones(x.shape[0], 1, 256, 256)
+        return ones, ones * 0.5
+
+    monkeypatch.setattr(step_module, "face_masks", fake_masks)
+    x_real, _ = step.sources(_batch(plan))
+    real_rows = {tuple(r.flatten()[:16].tolist()) for r in x_real}
+    with torch.random.fork_rng(devices=[]):
+        step(1, _batch(plan))
+    # once from the sources (both D steps, G's first passes), then once per G step's cycle
+    assert len(seen) == 3
+    assert {tuple(r.flatten()[:16].tolist()) for r in seen[0]} <= real_rows
+    assert all(not torch.allclose(s, seen[0]) for s in seen[1:])
