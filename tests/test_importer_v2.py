@@ -1,6 +1,6 @@
 """Official StarGAN v2 weights → starcli checkpoints → translate, against the original modules;
-w_hpf>0 files import only without masks; bad --domains and unsafe pickles give one line;
-`starcli fetch pretrained-v2-afhq` over a loopback server."""
+w_hpf>0 files import with their FAN (wing.ckpt or a 'fan' entry) or --no-masks; bad --domains
+and unsafe pickles give one line; `starcli fetch pretrained-v2-afhq` over a loopback server."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from starcli.checkpoint import load_checkpoint
 from starcli.cli import app
 from starcli.errors import ConfigError
+from starcli.families.stargan_v2.fan import FAN, face_masks
 from starcli.families.stargan_v2.importer import import_stargan_v2
 from starcli.families.stargan_v2.networks import V2ModelConfig, build_v2
 from starcli.families.stargan_v2.official import to_official_v2
@@ -120,11 +121,11 @@ def test_import_keeps_the_weights_and_translate_equals_the_original(tmp_path):
             assert not np.array_equal(got, rgb)
 
 
-def test_w_hpf_file_without_filter_imports_only_without_masks(tmp_path):
+def test_w_hpf_file_without_filter_needs_a_fan_or_no_masks(tmp_path):
     cfg = _cfg(w_hpf=1.0, k=2)
     path, modules = official_file(tmp_path / "official", cfg)
     assert "hpf.filter" not in torch.load(path, weights_only=True)["generator"]
-    with pytest.raises(ConfigError, match="FAN masks are not implemented.*--no-masks"):
+    with pytest.raises(ConfigError, match="no 'fan' entry: pass --wing wing.ckpt.*--no-masks"):
         import_stargan_v2(path, ("female", "male"), tmp_path / "run", image_size=SIZE)
     assert not (tmp_path / "run").exists()
 
@@ -148,9 +149,63 @@ def test_w_hpf_file_without_filter_imports_only_without_masks(tmp_path):
     assert "--no-masks" in refused.output and "Traceback" not in refused.output
     wing = tmp_path / "wing.ckpt"
     torch.save({"state_dict": {}}, wing)
-    ok = runner.invoke(app, [*base, "--wing", str(wing), "--out", str(tmp_path / "cli")])
+    bad = runner.invoke(app, [*base, "--wing", str(wing), "--out", str(tmp_path / "cli")])
+    assert bad.exit_code == 1, bad.output
+    assert "wing.ckpt: not the FAN's weights" in bad.output and "missing" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def _fan_state(seed: int = 5) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return FAN().state_dict()
+
+
+def test_wing_import_translates_with_face_masks(tmp_path):
+    cfg = _cfg(w_hpf=1.0, k=2)
+    path, modules = official_file(tmp_path / "official", cfg)
+    wing = tmp_path / "wing.ckpt"
+    torch.save({"state_dict": _fan_state()}, wing)
+    runner = CliRunner()
+    base = ["import", "stargan-v2", str(path), "--domains", "female,male", "--image-size",
+            str(SIZE)]
+    ok = runner.invoke(app, [*base, "--wing", str(wing), "--out", str(tmp_path / "masked")])
     assert ok.exit_code == 0, ok.output
-    assert "FAN masks are not implemented yet; importing without masks" in ok.output
+    plain = runner.invoke(app, [*base, "--no-masks", "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    masked_dir = next((tmp_path / "masked" / "checkpoints").iterdir())
+    wing.unlink()  # the checkpoint is self-contained
+    meta = json.loads((masked_dir / "meta.json").read_text())
+    assert meta["masks"] is True and "FAN" in meta["modules"]
+    ckpt = load_checkpoint(masked_dir)
+    fan = ckpt.modules["FAN"]
+    assert not fan.training
+    tr = ckpt_translator(ckpt)
+    tr_plain = ckpt_translator(load_checkpoint(tmp_path / "plain"))
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    s = torch.randn(2, cfg.style_dim, generator=torch.Generator().manual_seed(1))
+    got = tr.generate_styled(x, s)
+    with torch.no_grad():
+        want = modules["G"](x, s, masks=face_masks(fan, x))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, tr_plain.generate_styled(x, s), atol=1e-3)
+
+
+def test_fan_entry_of_the_file_is_used_without_wing(tmp_path):
+    cfg = _cfg(w_hpf=1.0, k=2)
+    path, _ = official_file(tmp_path / "official", cfg)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["fan"] = _fan_state(7)
+    torch.save(ckpt, path)
+    ckpt_dir = import_stargan_v2(path, ("female", "male"), tmp_path / "run", image_size=SIZE)
+    loaded = load_checkpoint(ckpt_dir)
+    assert all(torch.equal(v, loaded.modules["FAN"].state_dict()[k])
+               for k, v in _fan_state(7).items())
+
+
+def ckpt_translator(ckpt):
+    from starcli.families import get_family
+
+    return get_family("stargan-v2").translator(ckpt, torch.device("cpu"), "fp32")
 
 
 def test_wrong_domain_count_and_unsafe_pickle_give_one_line(tmp_path):
@@ -259,13 +314,23 @@ def test_fetch_pretrained_v2_rejects_a_web_page(tmp_path, home, server):
     assert not (home / "raw" / "pretrained-v2-celeba-hq" / "100000_nets_ema.ckpt").exists()
 
 
-def test_fetch_pretrained_v2_celeba_hq_from_a_local_file_imports_without_masks(tmp_path, home):
+def test_fetch_pretrained_v2_celeba_hq_from_a_local_file_masks_only_with_a_fan(tmp_path, home):
     path, _ = official_file(tmp_path / "src", _cfg(size=256, w_hpf=1.0, k=2))
     res = CliRunner().invoke(app, ["fetch", "pretrained-v2-celeba-hq", "--from", str(path),
                                    "--home", str(home), "--json"])
     assert res.exit_code == 0, res.output
-    assert "importing with --no-masks" in res.output
+    assert "else importing with --no-masks" in res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["masks"] is False and summary["w_hpf"] == 1.0
     meta = json.loads((Path(summary["path"]) / "meta.json").read_text())
     assert meta["masks"] is False and meta["model"]["domains"]["names"] == ["female", "male"]
+
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["fan"] = _fan_state(9)  # the official release carries its FAN
+    torch.save(ckpt, path)
+    res = CliRunner().invoke(app, ["fetch", "pretrained-v2-celeba-hq", "--from", str(path),
+                                   "--home", str(home), "--json", "--force"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["masks"] is True
+    assert "FAN" in load_checkpoint(summary["path"]).modules

@@ -101,8 +101,8 @@ def stargan_v2(
                                       "released for the official models).",
         dir_okay=False)] = None,
     wing: Annotated[Path | None, typer.Option(
-        "--wing", help="wing.ckpt, the FAN weights of w_hpf>0 models (accepted, but FAN "
-                       "masks are not implemented yet: imports without masks).",
+        "--wing", help="wing.ckpt, the FAN weights that make the face masks of w_hpf>0 "
+                       "models (not needed when the file has a 'fan' entry).",
         dir_okay=False)] = None,
     no_masks: Annotated[bool, typer.Option(
         "--no-masks", help="Import a w_hpf>0 model (CelebA-HQ) without FAN masks: its "
@@ -117,7 +117,8 @@ def stargan_v2(
 
     The file carries no config: --domains and --image-size must match training; K, w_hpf
     and the widths are read from the weights. Files are read without running any code in
-    them. The CelebA-HQ model (w_hpf 1) needs --no-masks (FAN masks are not implemented).
+    them. The CelebA-HQ model (w_hpf 1) needs its FAN (the file's 'fan' entry or --wing
+    wing.ckpt), copied into the checkpoint, or --no-masks.
 
     Example:
 

@@ -76,7 +76,7 @@ def test_w_hpf_is_refused_for_training_and_the_model_round_trips(home, tmp_path,
     from starcli.families.stargan_v2.family import V2Model
 
     make_dataset(home, "demo-celeba", "celeba", seed=0)
-    with pytest.raises(ConfigError, match="--w-hpf 1.*FAN.*wing.ckpt") as err:
+    with pytest.raises(ConfigError, match="--w-hpf 1.*FAN.*--wing wing.ckpt") as err:
         describe_run(_cfg(home, tmp_path, w_hpf=1.0))
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="at least 2"):
@@ -295,3 +295,66 @@ def test_sources_drop_rows_in_no_domain_and_the_grid_shows_every_domain(home, tm
     # The matrix's top-left tile is blank (white) and its top row shows the faces.
     corner = grid[pad:pad + s, latent_w + 8 + pad:latent_w + 8 + pad + s]
     assert (corner == 255).all()
+
+
+def test_w_hpf_trains_with_a_wing_file_and_its_checkpoint_translates(home, tmp_path,
+                                                                   make_dataset):
+    from starcli.checkpoint import load_checkpoint, read_meta
+    from starcli.engine import resume_config, train
+    from starcli.families import get_family
+    from starcli.families.stargan_v2.fan import FAN, face_masks
+
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    torch.manual_seed(3)
+    fan_sd = FAN().state_dict()  # random landmark weights stand in for wing.ckpt
+    wing = tmp_path / "wing.ckpt"
+    torch.save({"state_dict": fan_sd}, wing)
+    cfg = _cfg(home, tmp_path, w_hpf=1.0, wing=str(wing), iters=2, batch_size=2,
+               save_every=2, sample_every=0)  # a grid costs 30+ FAN passes
+    result = train(cfg)
+    ckpt_dir = result["checkpoint"]
+    meta = read_meta(ckpt_dir)
+    assert meta["model"]["masks"] is True and "FAN" in meta["modules"]
+    resumed = train(resume_config(str(ckpt_dir), iters=3))
+    assert resumed["resumed_from"] == 2 and resumed["step"] == 3
+    wing.unlink()  # translate needs nothing but the checkpoint
+    ckpt = load_checkpoint(ckpt_dir)
+    fan = ckpt.modules["FAN"]
+    assert all(torch.equal(v, fan.state_dict()[k]) for k, v in fan_sd.items())
+    tr = get_family("stargan-v2").translator(ckpt, torch.device("cpu"), "fp32")
+    x = tr.to_input(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+    s = torch.randn(2, ckpt.model.style_dim)
+    got = tr.generate_styled(x, s)
+    with torch.no_grad():
+        assert torch.allclose(got, ckpt.G(x, s, masks=face_masks(fan, x)), atol=1e-5)
+        assert not torch.allclose(got, ckpt.G(x, s), atol=1e-4)
+
+
+def test_masks_come_from_x_real_then_from_the_fake_for_the_cycle(home, tmp_path, make_dataset,
+                                                                 monkeypatch):
+    from starcli.engine import attach_step, build_parts, describe_run
+    from starcli.families.stargan_v2 import step as step_module
+    from starcli.families.stargan_v2.fan import FAN
+
+    make_dataset(home, "demo-celeba", "celeba", seed=0)
+    wing = tmp_path / "wing.ckpt"
+    torch.save({"state_dict": FAN().state_dict()}, wing)
+    plan = describe_run(_cfg(home, tmp_path, w_hpf=1.0, wing=str(wing), batch_size=2))
+    built = build_parts(plan)
+    step = attach_step(plan, built)
+    seen = []
+
+    def fake_masks(fan, x):
+        seen.append(x.detach().clone())
+        ones = torch.ones(x.shape[0], 1, 256, 256)
+        return ones, ones * 0.5
+
+    monkeypatch.setattr(step_module, "face_masks", fake_masks)
+    x_real, _ = step.sources(_batch(plan))
+    real_rows = {tuple(r.flatten()[:16].tolist()) for r in x_real}
+    with torch.random.fork_rng(devices=[]):
+        step(1, _batch(plan))
+    # once from the sources (both D steps, G's first passes), then once per G step's cycle
+    assert len(seen) == 3
+    assert {tuple(r.flatten()[:16].tolist()) for r in seen[0]} <= real_rows
+    assert all(not torch.allclose(s, seen[0]) for s in seen[1:])

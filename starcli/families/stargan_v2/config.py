@@ -6,8 +6,7 @@ betas (0, 0.99) and weight decay 1e-4, lr 1e-4 for G, E and D and 1e-6 for F, EM
 F and E, no learning-rate schedule, batch 8.
 
 - ``v2-celeba-hq``: the CelebA-HQ model (256 px, female/male, w_hpf 1). Training it needs face
-  masks from the landmark network (FAN, wing.ckpt), which starcli does not have yet: kept for
-  imports of the official weights and for GPU runs once the FAN exists.
+  masks from the landmark network (FAN): pass the official weights as ``--wing wing.ckpt``.
 - ``v2-afhq``: the AFHQ model (256 px, every class of the dataset, w_hpf 0, diversity 2).
 - ``demo``: the built-in synthetic faces on a CPU (32 px, narrow nets).
 - ``tiny``: a small model at 32 px for tests and smoke runs.
@@ -49,8 +48,11 @@ class StarGANv2Options:
         "help": "Size of the latent z that F maps to a style.", "min": 1})
     style_dim: int = field(default=64, metadata={"help": "Size of a style code.", "min": 1})
     w_hpf: float = field(default=0.0, metadata={
-        "help": "High-pass skip weight (CelebA-HQ: 1; needs face masks, not supported in "
-                "training yet). 0 is the AFHQ model.", "min": 0.0})
+        "help": "High-pass skip weight (CelebA-HQ: 1; needs face masks, so --wing). 0 is "
+                "the AFHQ model.", "min": 0.0})
+    wing: str = field(default="", metadata={
+        "help": "wing.ckpt, the FAN landmark weights that make the face masks of a w_hpf > 0 "
+                "model (copied into every checkpoint)."})
     dim_in: int = field(default=0, metadata={
         "help": "Width of the networks at full resolution (0: 2**14 / image size, "
                 "the official).", "min": 0})
@@ -79,6 +81,8 @@ class StarGANv2Options:
         "help": "Decay of the moving averages of G, F and E.", "min": 0.0, "max": 1.0})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.wing, str):
+            raise ConfigError(f"--wing must be a file path, got {self.wing!r}.")
         if not isinstance(self.domains, str):
             raise ConfigError(f"--domains must be text such as Male or Blond_Hair,Black_Hair, "
                               f"got {self.domains!r}.")
@@ -106,12 +110,11 @@ class StarGANv2Options:
                               f"stargan-v2, got {image_size}.")
 
     def check_trainable(self) -> None:
-        """What the step cannot train yet (the options stay valid for imported weights)."""
-        if self.w_hpf > 0:
+        """What the step cannot train (the options stay valid for imported weights)."""
+        if self.w_hpf > 0 and not self.wing:
             raise ConfigError(f"--w-hpf {self.w_hpf:g}: training with w_hpf > 0 needs face "
-                              "masks from the landmark network (FAN, wing.ckpt), which is not "
-                              "yet supported; use --w-hpf 0 (v2-celeba-hq is kept for imports "
-                              "and later GPU runs).")
+                              "masks from the landmark network (FAN): pass its official "
+                              "weights as --wing wing.ckpt, or use --w-hpf 0.")
 
 
 _RUN = dict(lr_decay_iters=0, lr_update_step=1)  # the official code has no lr schedule

@@ -19,6 +19,7 @@ from starcli.data.domains import Domains, resolve_domains
 from starcli.errors import ConfigError
 from starcli.families.base import OptimizerSpec, StepContext
 from starcli.families.stargan_v2.config import StarGANv2Options
+from starcli.families.stargan_v2.fan import FAN, check_fan_state, read_fan_state
 from starcli.families.stargan_v2.networks import V2ModelConfig, build_v2, count_parameters
 from starcli.families.stargan_v2.samples import Sampler
 from starcli.families.stargan_v2.step import (
@@ -45,6 +46,7 @@ class V2Model(V2ModelConfig):
     meta["model"]); `num_domains` equals `len(domains)`."""
 
     domains: Domains | None = None
+    masks: bool = False  # G gets face masks from a FAN kept in the checkpoint (w_hpf > 0)
 
     def __post_init__(self) -> None:
         if isinstance(self.domains, dict):
@@ -62,15 +64,17 @@ class V2Model(V2ModelConfig):
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = self.networks().to_dict()
         out["domains"] = self.domains.to_dict() if self.domains is not None else None
+        out["masks"] = self.masks
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> V2Model:
         data = dict(data)
         domains = data.pop("domains", None)
+        masks = bool(data.pop("masks", False))
         base = V2ModelConfig.from_dict(data)
         return cls(**{f.name: getattr(base, f.name) for f in fields(V2ModelConfig)},
-                   domains=domains)
+                   domains=domains, masks=masks)
 
 
 def _domains(options: StarGANv2Options, layout) -> Domains:
@@ -109,7 +113,7 @@ class StarGANv2:
                        latent_dim=options.latent_dim, style_dim=options.style_dim,
                        w_hpf=options.w_hpf, max_conv_dim=options.max_conv_dim,
                        dim_in=options.dim_in or None, mapping_hidden=options.mapping_hidden,
-                       domains=domains)
+                       domains=domains, masks=options.w_hpf > 0)
 
     def model_from_dict(self, data: dict[str, Any]) -> V2Model:
         return V2Model.from_dict(data)
@@ -117,7 +121,15 @@ class StarGANv2:
     def build(self, model: V2Model) -> dict[str, nn.Module]:
         # He init here; the engine copies the averages afterwards, so they start from the
         # same weights (the official code copies before its He init, a known quirk).
-        return build_v2(model.networks())
+        modules: dict[str, nn.Module] = build_v2(model.networks())
+        if model.masks:
+            # The FAN is saved and resumed with the run, so its checkpoints translate alone;
+            # make_step loads --wing into it. No optimiser holds it and face_masks runs it
+            # without a graph; its parameters keep requires_grad only because DDP refuses a
+            # module with none.
+            with torch.random.fork_rng(devices=[]):
+                modules["FAN"] = FAN()
+        return modules
 
     def parameter_counts(self, model: V2Model) -> dict[str, int]:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
@@ -141,6 +153,10 @@ class StarGANv2:
         options = ctx.cfg.options
         options.check_trainable()
         domains = _domains(options, ctx.layout)
+        if "FAN" in ctx.modules:
+            sd, source = read_fan_state(Path(options.wing).expanduser())
+            check_fan_state(sd, source)
+            ctx.modules["FAN"].load_state_dict(sd, strict=True)
         ds = open_prepared(resolve_home(ctx.cfg.home), ctx.cfg.datasets[0], ctx.cfg.image_size)
         pools = first_images(ds, domains, "train", POOL_SIZE)
         for name, images in zip(domains.names, pools, strict=True):
@@ -165,8 +181,8 @@ class StarGANv2:
     def load_inference(self, ckpt_dir: Path, meta: dict[str, Any], model: V2Model, *,
                        device: str | torch.device, with_discriminator: bool, ema: bool
                        ) -> tuple[dict[str, nn.Module], bool]:
-        """G, F, E (their moving averages when the checkpoint has them and `ema`) and, when
-        asked for, D."""
+        """G, F, E (their moving averages when the checkpoint has them and `ema`), when asked
+        for, D, and the FAN when meta["masks"] (w_hpf > 0 with face masks)."""
         ckpt_dir = Path(ckpt_dir)
         use_ema = ema and all((ckpt_dir / f"{n}_ema.safetensors").is_file() for n in AVERAGED)
         files = {n: ckpt_dir / (f"{n}_ema.safetensors" if use_ema else f"{n}.safetensors")
@@ -183,6 +199,11 @@ class StarGANv2:
         for n, f in files.items():
             load_weights(fresh[n], f)
             modules[n] = fresh[n].to(device).eval()
+        if meta.get("masks") or model.masks:  # the FAN of G's face masks is in the checkpoint
+            with torch.random.fork_rng(devices=[]):
+                fan = FAN()
+            load_weights(fan, ckpt_dir / "FAN.safetensors")
+            modules["FAN"] = fan.requires_grad_(False).to(device)
         return modules, use_ema
 
     def translator(self, ckpt, device: torch.device, precision: str,

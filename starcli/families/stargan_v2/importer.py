@@ -11,9 +11,12 @@ E_ema: what translate and eval use); a ``*_nets.ckpt`` given as `discriminator` 
     ckpt_dir = import_stargan_v2(Path("100000_nets_ema.ckpt"), ("cat", "dog", "wild"),
                                  Path("runs/v2-afhq"))
 
-The CelebA-HQ model (w_hpf > 0) needs facial-landmark masks from the FAN for its high-pass
-skips. The FAN is not implemented, so such a model imports without masks (`no_masks`) and
-translates without those skips: the output loses the source's fine facial detail.
+The CelebA-HQ model (w_hpf > 0) needs facial-landmark masks from the FAN (`fan.py`) for its
+high-pass skips. Its weights come from the file's own ``fan`` entry (what the official sampler
+uses) or else from `wing` (wing.ckpt), loaded strictly, and are saved in the checkpoint as
+FAN.safetensors (meta["masks"] True), so translate needs nothing but the checkpoint. With
+`no_masks` it imports without them and translates without those skips: the output loses the
+source's fine facial detail.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from starcli.errors import (
 )
 from starcli.families.stargan_v1.importer import _download, _find, _refuse_occupied, _sha256
 from starcli.families.stargan_v2.family import V2Model
+from starcli.families.stargan_v2.fan import load_fan, read_fan_state
 from starcli.families.stargan_v2.networks import (
     Discriminator,
     Generator,
@@ -119,18 +123,20 @@ def _model(ckpt: Mapping[str, Any], path: Path, names: tuple[str, ...], image_si
 
 def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_size: int = 256,
                       w_hpf: float | None = None, wing: Path | None = None,
-                      no_masks: bool = False, discriminator: Path | None = None,
+                      no_masks: bool = False, masks_if_present: bool = False,
+                      discriminator: Path | None = None,
                       dataset: str | None = None, force: bool = False,
                       progress: Progress | None = None) -> Path:
     """Convert an official ``*_nets_ema.ckpt`` (and optionally D from a ``*_nets.ckpt``) into
     a starcli checkpoint under run dir `out`; returns the checkpoint directory
     (`out/checkpoints/step-<N>/`, N from names like `100000_nets_ema.ckpt`, else 0).
 
-    `w_hpf` None reads it from the file. A w_hpf > 0 model (CelebA-HQ) needs `wing` or
-    `no_masks`: either way it imports without FAN masks (not implemented), recorded as
-    meta["masks"] False. `dataset` names the training set for the framing recipe (default
-    "celeba-hq" for w_hpf > 0, else "afhq"). A folder holding checkpoints or a run is refused
-    (ConfigError) unless `force`.
+    `w_hpf` None reads it from the file. A w_hpf > 0 model (CelebA-HQ) needs FAN weights (the
+    file's ``fan`` entry, else `wing`), saved as the checkpoint's FAN (meta["masks"] True), or
+    `no_masks` (meta["masks"] False); `masks_if_present` imports without them, instead of
+    refusing, when neither is there (fetch). `dataset` names the training set for the framing
+    recipe (default "celeba-hq" for w_hpf > 0, else "afhq"). A folder holding checkpoints or
+    a run is refused (ConfigError) unless `force`.
     """
     from starcli import __version__
     from starcli.checkpoint import save_checkpoint
@@ -148,11 +154,21 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
                               "it is not an official StarGAN v2 file; pass a *_nets_ema.ckpt.")
     model = _model(ckpt, path, names, image_size, w_hpf)
     masked = model.w_hpf > 0
-    if masked and wing is None and not no_masks:
+    has_fan = isinstance(ckpt.get("fan"), Mapping)
+    if masked and wing is None and not has_fan and masks_if_present:
+        no_masks = True
+    if masked and wing is None and not has_fan and not no_masks:
         raise ConfigError(
             f"{path.name} is a w_hpf {model.w_hpf:g} model (CelebA-HQ), whose high-pass skips "
-            "need FAN landmark masks; FAN masks are not implemented yet. Pass --no-masks to "
-            f"import it without them ({NO_MASKS_EFFECT}).")
+            "need FAN landmark masks, and it has no 'fan' entry: pass --wing wing.ckpt (the "
+            f"official FAN weights), or --no-masks to import it without them "
+            f"({NO_MASKS_EFFECT}).")
+    fan = None
+    if masked and not no_masks:
+        if has_fan:  # the official sampler loads this copy over wing.ckpt's
+            fan = load_fan(ckpt["fan"], source=f"{path} ['fan']")
+        else:
+            fan = load_fan(Path(wing))
     with torch.random.fork_rng(devices=[]):  # the weights are overwritten: leave the RNG be
         net = model.networks()
         modules: dict[str, nn.Module] = {"G": Generator(net), "F": MappingNetwork(net),
@@ -170,14 +186,21 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
                                   "pass the official *_nets.ckpt as --discriminator.")
         load_official_v2(d_ckpt, net, {"D": D})
         imported.update(discriminator=d_path.name, discriminator_sha256=_sha256(d_path))
-    if masked:
-        if wing is not None:
-            imported["wing"] = Path(wing).name
-            log(progress, "FAN masks are not implemented yet; importing without masks "
-                          f"(--wing {Path(wing).name} is not used)")
-        if "fan" in ckpt:
-            log(progress, f"{path.name}: its 'fan' weights are ignored (FAN not implemented)")
+    if fan is not None:
+        if has_fan:
+            imported["fan"] = f"{path.name} ['fan']"
+            if wing is not None:
+                same = _same_state(read_fan_state(Path(wing))[0], fan.state_dict())
+                log(progress, f"FAN weights from {path.name}'s 'fan' entry, as the official "
+                              f"sampler uses them (--wing {Path(wing).name} "
+                              f"{'holds the same weights' if same else 'differs; not used'})")
+        else:
+            imported.update(fan=Path(wing).name, wing_sha256=_sha256(Path(wing)))
+        log(progress, "masks on: the FAN is saved in the checkpoint")
+    elif masked:
         log(progress, f"masks off: {NO_MASKS_EFFECT}")
+    elif wing is not None:
+        log(progress, f"--wing {Path(wing).name} is not used: a w_hpf 0 model has no masks")
     dataset = dataset or ("celeba-hq" if masked else "afhq")
     space = LabelSpace(dataset=dataset, format="folder", kind="onehot", names=names)
     framing = Framing(dataset=dataset, format="domain-folders",
@@ -190,9 +213,12 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
                       "framing": framing.to_dict()}],
         "has_discriminator": D is not None, "imported": imported, "starcli": __version__}
     if masked:
-        meta["masks"] = False
+        meta["masks"] = fan is not None
+        meta["model"]["masks"] = fan is not None
     # The file holds the moving averages, which is what inference loads (load_inference).
     saved = {f"{n}_ema": m for n, m in modules.items()}
+    if fan is not None:
+        saved["FAN"] = fan
     if D is not None:
         saved["D"] = D
     ckpt_dir = save_checkpoint(out, int(match.group(1)) if match else 0, saved, meta,
@@ -202,6 +228,12 @@ def import_stargan_v2(path: Path, domains: Sequence[str], out: Path, *, image_si
     return ckpt_dir
 
 
+def _same_state(a: Mapping[str, Any], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(
+        isinstance(a[k], torch.Tensor) and a[k].shape == b[k].shape and torch.equal(a[k], b[k])
+        for k in b)
+
+
 # --------------------------------------------------------------------------- fetch
 
 
@@ -209,8 +241,9 @@ def fetch_pretrained_v2(spec: DatasetSpec, cfg: FetchConfig,
                         progress: Progress | None = None) -> dict[str, Any]:
     """`starcli fetch pretrained-v2-afhq`: download the official file (mirrors first), or
     take --from PATH (the file, a folder or an archive holding it), and import it into
-    <home>/pretrained/<name>/. A w_hpf > 0 entry (CelebA-HQ) imports without masks."""
-    from starcli.checkpoint import list_checkpoints
+    <home>/pretrained/<name>/. A w_hpf > 0 entry (CelebA-HQ) imports with the FAN of the
+    file's 'fan' entry (the official release has one), else without masks."""
+    from starcli.checkpoint import list_checkpoints, read_meta
     from starcli.paths import raw_dir
 
     home = Path(cfg.home)
@@ -238,8 +271,9 @@ def fetch_pretrained_v2(spec: DatasetSpec, cfg: FetchConfig,
             for f in spec.files:
                 (raw / f.name).unlink(missing_ok=True)
         raise
+    masks = read_meta(ckpt).get("masks")
     return {"dataset": spec.name, "path": str(ckpt), "files": files, "domains": list(domains),
-            "w_hpf": float(w_hpf), "masks": False if w_hpf > 0 else None,
+            "w_hpf": float(w_hpf), "masks": bool(masks) if w_hpf > 0 else None,
             "image_size": int(spec.image_size[0])}
 
 
@@ -278,9 +312,10 @@ def _fetch_and_import(spec: DatasetSpec, cfg: FetchConfig, raw: Path, target: Pa
                 "not the official file; fetch again (another --mirror), or pass --from PATH "
                 "to a copy you trust.")
         if w_hpf > 0:
-            log(progress, f"{spec.name}: w_hpf {w_hpf:g} model; FAN masks are not "
-                          "implemented yet, importing with --no-masks")
+            log(progress, f"{spec.name}: w_hpf {w_hpf:g} model; masks from the file's 'fan' "
+                          "entry when it has one, else importing with --no-masks")
         # The target is fetch's own folder (skipped above unless --force or --from).
         return import_stargan_v2(found, domains, target, image_size=int(spec.image_size[0]),
-                                 w_hpf=w_hpf, no_masks=True, dataset=spec.raw.get("dataset"),
-                                 force=True, progress=progress)
+                                 w_hpf=w_hpf, masks_if_present=True,
+                                 dataset=spec.raw.get("dataset"), force=True,
+                                 progress=progress)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from starcli.data.dataset import PreparedDataset, iterate_split, to_tensor
+from starcli.families.stargan_v2.fan import face_masks
 from starcli.runtime import Runtime
 
 __all__ = ["Sampler", "FACES", "STYLES"]
@@ -45,8 +46,10 @@ class Sampler:
         faces = x.repeat_interleave(k * STYLES, 0)
         y = torch.arange(k).repeat_interleave(STYLES).repeat(n).to(device)
         zz = z.repeat(n * k, 1).to(device)
+        fan = modules.get("FAN")
+        masks = None if fan is None else face_masks(fan, faces)
         with rt.autocast():
-            out = G(faces, F(zz, y)).float()
+            out = G(faces, F(zz, y), masks=masks).float()
         out = out.view(n, k, STYLES, *x.shape[1:])
         rows = []
         for i in range(n):
@@ -60,7 +63,9 @@ class Sampler:
                 y_ref = D.logits(refs).float().argmax(1)
                 styles = E(refs, y_ref)  # (R, style_dim)
                 r = len(refs)
-                cells = G(x.repeat(r, 1, 1, 1), styles.repeat_interleave(n, 0)).float()
+                sources = x.repeat(r, 1, 1, 1)
+                masks = None if fan is None else face_masks(fan, sources)
+                cells = G(sources, styles.repeat_interleave(n, 0), masks=masks).float()
             cells = cells.view(r, n, *x.shape[1:])
             blank = torch.ones_like(x[:1]).float()
             matrix = [torch.cat([blank, x.float()])]

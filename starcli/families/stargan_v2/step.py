@@ -17,6 +17,9 @@ The four phases, each with its own optimiser step:
 4. G reference: the same with E(x_ref, ỹ), E(x_ref2, ỹ); steps G only (F unused, E frozen: the
    official code discards E's gradients here, on purpose, see §6.5).
 
+With w_hpf > 0 the model has a FAN: face masks of x_real serve both D steps and the G steps'
+first pass (and their diversity image); the cycle's are recomputed from the fake (§1.6).
+
 Then the moving averages of G, F and E. Fakes only D sees, and the second image of the
 diversity term (detached in the official code), are made without a graph; the styles of the
 reference step are made without a graph too (their gradient would only reach E).
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from starcli.families.base import StepContext
+from starcli.families.stargan_v2.fan import face_masks
 
 __all__ = ["StarGANv2Step", "lambda_ds_at", "r1_penalty", "LOSS_KEYS", "PER_DATASET_KEYS",
            "LOG_KEYS", "POOL_SIZE"]
@@ -148,6 +152,7 @@ class StarGANv2Step:
         self.G, self.F, self.E, self.D = (ctx.train[n] for n in ("G", "F", "E", "D"))
         self.G_ng, self.F_ng, self.E_ng, self.D_g = (ctx.nosync[n] for n in ("G", "F", "E", "D"))
         self.D_eager = ctx.modules["D"]
+        self.fan = ctx.modules.get("FAN")  # w_hpf > 0: G's face masks
 
     # -- state --------------------------------------------------------------------------
 
@@ -196,14 +201,19 @@ class StarGANv2Step:
 
     # -- phases -------------------------------------------------------------------------
 
+    def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Face masks of x (no graph) when the model has a FAN, else None."""
+        return None if self.fan is None else face_masks(self.fan, x)
+
     def d_phase(self, x_real: torch.Tensor, y_org: torch.Tensor, y_trg: torch.Tensor, *,
-                z: torch.Tensor | None = None, x_ref: torch.Tensor | None = None
+                z: torch.Tensor | None = None, x_ref: torch.Tensor | None = None,
+                masks: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
         """One D update against fakes styled by F(z, ỹ) (latent) or E(x_ref, ỹ) (reference)."""
         rt, opt = self.ctx.rt, self.ctx.cfg.options
         with torch.no_grad(), rt.autocast():
             s_trg = self.F_ng(z, y_trg) if z is not None else self.E_ng(x_ref, y_trg)
-            x_fake = self.G_ng(x_real, s_trg)
+            x_fake = self.G_ng(x_real, s_trg, masks=masks)
         # fp16 gradients of gradients underflow without their own scaling: real path in fp32.
         real_ctx = rt.autocast() if rt.precision != "fp16" else contextlib.nullcontext()
         x_in = x_real.detach().requires_grad_(True)
@@ -220,7 +230,8 @@ class StarGANv2Step:
 
     def g_phase(self, x_real: torch.Tensor, y_org: torch.Tensor, y_trg: torch.Tensor,
                 lambda_ds: float, *, z: tuple[torch.Tensor, torch.Tensor] | None = None,
-                x_ref: tuple[torch.Tensor, torch.Tensor] | None = None
+                x_ref: tuple[torch.Tensor, torch.Tensor] | None = None,
+                masks: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
         """One G update with styles from F(z1/z2, ỹ) (latent: steps G, F, E) or E(x_ref1/2, ỹ)
         (reference: steps G only)."""
@@ -240,18 +251,19 @@ class StarGANv2Step:
                 with torch.no_grad():
                     s_trg = self.E_ng(x_ref[0], y_trg)
                     s_trg2 = self.E_ng(x_ref[1], y_trg)
-            x_fake = self.G(x_real, s_trg)
+            x_fake = self.G(x_real, s_trg, masks=masks)
             adv = _bce(self.D_g(x_fake, y_trg), 1.0)
             sty = _l1(E(x_fake, y_trg), s_trg)
             with torch.no_grad():  # detached in the official code: only x_fake's branch learns
-                x_fake2 = self.G_ng(x_real, s_trg2)
+                x_fake2 = self.G_ng(x_real, s_trg2, masks=masks)
             ds = _l1(x_fake, x_fake2)
             if latent:
                 s_org = E(x_real, y_org)
             else:
                 with torch.no_grad():
                     s_org = self.E_ng(x_real, y_org)
-            cyc = _l1(self.G(x_fake, s_org), x_real)
+            # the cycle's masks come from the fake, as in the official code
+            cyc = _l1(self.G(x_fake, s_org, masks=self.masks(x_fake)), x_real)
             loss = adv + opt.lambda_sty * sty - lambda_ds * ds + opt.lambda_cyc * cyc
         self._optimise(("G", "F", "E") if latent else ("G",), loss)
         return {"loss": loss.detach(), "adv": adv.detach(), "sty": sty.detach(),
@@ -278,10 +290,11 @@ class StarGANv2Step:
         self.pools.add(to_uint8(x_real), y_org.cpu())
         lam = lambda_ds_at(opt.lambda_ds, opt.ds_iter, step - 1)  # engine steps count from 1
 
-        d_lat = self.d_phase(x_real, y_org, y_trg, z=z1)
-        d_ref = self.d_phase(x_real, y_org, y_trg, x_ref=refs[0])
-        g_lat = self.g_phase(x_real, y_org, y_trg, lam, z=(z1, z2))
-        g_ref = self.g_phase(x_real, y_org, y_trg, lam, x_ref=(refs[0], refs[1]))
+        masks = self.masks(x_real)  # one set for both D steps and the G steps' first pass
+        d_lat = self.d_phase(x_real, y_org, y_trg, z=z1, masks=masks)
+        d_ref = self.d_phase(x_real, y_org, y_trg, x_ref=refs[0], masks=masks)
+        g_lat = self.g_phase(x_real, y_org, y_trg, lam, z=(z1, z2), masks=masks)
+        g_ref = self.g_phase(x_real, y_org, y_trg, lam, x_ref=(refs[0], refs[1]), masks=masks)
         for name in ("G", "F", "E"):
             if name in ctx.ema:
                 ctx.ema[name].update()

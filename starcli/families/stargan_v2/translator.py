@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from starcli.families.base import PixelIO
+from starcli.families.stargan_v2.fan import face_masks
 
 __all__ = ["Translator", "MEAN_STYLE_SAMPLES"]
 
@@ -35,10 +36,10 @@ class Translator(PixelIO):
                         fast: bool = True) -> Translator:
         m = ckpt.modules
         return cls(m["G"], m["F"], m["E"], m.get("D"), ckpt.model.domains, ckpt.layout,
-                   device, precision, fast)
+                   device, precision, fast, fan=m.get("FAN"))
 
     def __init__(self, G, F, E, D, domains, layout, device: torch.device, precision: str,
-                 fast: bool = True) -> None:
+                 fast: bool = True, fan=None) -> None:
         self.device, self.precision, self.fast = device, precision, fast
         self.dtype = DTYPES[precision] if fast else torch.float32
         self.channels_last = device.type in ("cpu", "cuda") or not fast
@@ -48,6 +49,9 @@ class Translator(PixelIO):
         self.E = E.to(device=device, dtype=self.dtype, memory_format=fmt).eval()
         self.D = None if D is None else \
             D.to(device=device, dtype=self.dtype, memory_format=fmt).eval()
+        # The FAN stays float32 (face_masks runs it without autocast); G gets the masks of
+        # each source image, as the official sampler does.
+        self.fan = None if fan is None else fan.to(device).eval()
         self.domains = domains
         self.block = layout.blocks[0]
         self.latent_dim = self.F.cfg.latent_dim
@@ -77,14 +81,14 @@ class Translator(PixelIO):
             if psi != 1.0:
                 mean = self.mean_style()[y].to(s.dtype)
                 s = torch.lerp(mean, s, psi)
-            return self.G(self._input(x), s)
+            return self._G(self._input(x), s)
 
     def generate_reference(self, x: torch.Tensor, ref: torch.Tensor,
                            y: torch.Tensor) -> torch.Tensor:
         """G(x, E(ref, y)): x in the style of the reference, read as domain y."""
         y = torch.as_tensor(y, device=self.device).long()
         with torch.inference_mode():
-            return self.G(self._input(x), self.E(self._input(ref), y))
+            return self._G(self._input(x), self.E(self._input(ref), y))
 
     def domain_of(self, ref: torch.Tensor) -> torch.Tensor:
         """(N,) the domain whose D logit is highest for each image (needs D)."""
@@ -115,7 +119,7 @@ class Translator(PixelIO):
     def generate_styled(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """G(x, s) for inputs in [-1, 1] and one style row per input."""
         with torch.inference_mode():
-            return self.G(self._input(x), s.to(self.device, self.dtype))
+            return self._G(self._input(x), s.to(self.device, self.dtype))
 
     def domain_names(self) -> tuple[str, ...]:
         return tuple(self.domains.names)
@@ -134,6 +138,13 @@ class Translator(PixelIO):
             zlib.crc32(p.tobytes()))) for p in pixels]
         return torch.stack(z) if z else torch.zeros(0, self.latent_dim)
 
+    def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The face masks of sources x when the checkpoint has a FAN, else None."""
+        return None if self.fan is None else face_masks(self.fan, x)
+
+    def _G(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self.G(x, s, masks=self.masks(x))
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.to(self.device, self.dtype).contiguous(memory_format=fmt)
@@ -147,7 +158,7 @@ class Translator(PixelIO):
             part = x[idx]
             y = torch.from_numpy(which[rows]).to(self.device)
             z = self.seeded_z(part).to(self.device, self.dtype)
-            out[idx] = self.G(part, self.F(z, y)).to(out.dtype)
+            out[idx] = self._G(part, self.F(z, y)).to(out.dtype)
         return out
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
