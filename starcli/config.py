@@ -44,9 +44,10 @@ RESUME_OVERRIDABLE = ("iters", "device", "workers", "compile", "channels_last", 
                       "sample_every", "save_every", "log_every", "keep_last", "home", "resume",
                       "dist_timeout")
 # Family option fields a resumed run may change: the learning rates (the way out of a
-# non-finite loss, which an exact resume would otherwise replay). Recorded in the run's
-# environment.json under its resumes.
-RESUME_OVERRIDABLE_OPTIONS = ("g_lr", "d_lr", "lr", "f_lr")  # learning rates (per family)
+# non-finite loss, which an exact resume would otherwise replay) and where StarGAN v2's FAN
+# weights file now lies (the run's checkpoint holds the weights themselves). Recorded in the
+# run's environment.json under its resumes.
+RESUME_OVERRIDABLE_OPTIONS = ("g_lr", "d_lr", "lr", "f_lr", "wing")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 

@@ -317,7 +317,10 @@ def test_w_hpf_trains_with_a_wing_file_and_its_checkpoint_translates(home, tmp_p
     assert meta["model"]["masks"] is True and "FAN" in meta["modules"]
     resumed = train(resume_config(str(ckpt_dir), iters=3))
     assert resumed["resumed_from"] == 2 and resumed["step"] == 3
-    wing.unlink()  # translate needs nothing but the checkpoint
+    moved = wing.rename(tmp_path / "moved-wing.ckpt")  # a resume may say where it went
+    again = train(resume_config(str(tmp_path / "run"), iters=4, wing=str(moved)))
+    assert again["resumed_from"] == 3 and again["step"] == 4
+    moved.unlink()  # translate needs nothing but the checkpoint
     ckpt = load_checkpoint(ckpt_dir)
     fan = ckpt.modules["FAN"]
     assert all(torch.equal(v, fan.state_dict()[k]) for k, v in fan_sd.items())
