@@ -8,6 +8,8 @@ saves in its checkpoints, so a resumed run draws the same transforms. Gradients 
 every transform to the images (G learns through them).
 
 - ``shift``: an integer translation of up to 1/8 of each side, the uncovered border zero.
+- ``jitter``: an integer translation of up to 1/16 of each side, the border repeating the edge
+  pixels (a milder shift: D's classifier still learns through it).
 - ``cutout``: one square of a quarter of the side set to zero, anywhere (clipped at edges).
 - ``noise``: Gaussian noise of standard deviation 0.1 on every pixel (randomised smoothing:
   a perturbation must be larger than the noise to move D's reading).
@@ -45,9 +47,10 @@ def _noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x + 0.1 * noise
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _translate(x: torch.Tensor, gen: torch.Generator, fraction: int, replicate: bool
+               ) -> torch.Tensor:
     n, _, h, w = x.shape
-    limit_y, limit_x = max(h // 8, 1), max(w // 8, 1)
+    limit_y, limit_x = max(h // fraction, 1), max(w // fraction, 1)
     dy = torch.randint(-limit_y, limit_y + 1, (n,), generator=gen)
     dx = torch.randint(-limit_x, limit_x + 1, (n,), generator=gen)
     # Output pixel (i, j) reads input (i - dy, j - dx): a gather through index grids keeps the
@@ -58,7 +61,17 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (n,h,w)
     index = flat.view(n, 1, h * w).expand(n, x.shape[1], h * w).to(x.device)
     out = torch.gather(x.reshape(n, x.shape[1], h * w), 2, index).view_as(x)
+    if replicate:  # the uncovered border repeats the edge pixels
+        return out
     return out * valid[:, None].to(device=x.device, dtype=x.dtype)
+
+
+def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return _translate(x, gen, 8, replicate=False)
+
+
+def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return _translate(x, gen, 16, replicate=True)
 
 
 def _cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -72,13 +85,14 @@ def _cutout(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x * (~inside)[:, None].to(device=x.device, dtype=x.dtype)
 
 
-_OPS = {"colour": _colour, "shift": _shift, "cutout": _cutout, "noise": _noise}
-ORDER = ("colour", "shift", "cutout", "noise")
+_OPS = {"colour": _colour, "shift": _shift, "jitter": _jitter, "cutout": _cutout,
+        "noise": _noise}
+ORDER = ("colour", "shift", "jitter", "cutout", "noise")
 
 
 def augment(x: torch.Tensor, policy: Sequence[str], gen: torch.Generator) -> torch.Tensor:
     """`x` (N, C, H, W) with every transform named in `policy` applied, in the fixed order
-    colour, shift, cutout, noise (so a policy's order does not change its meaning)."""
+    colour, shift, jitter, cutout, noise (so a policy's order does not change its meaning)."""
     unknown = set(policy) - set(_OPS)
     if unknown:
         raise ValueError(f"unknown augmentations {sorted(unknown)}; known: {', '.join(ORDER)}")

@@ -37,6 +37,21 @@ def test_shift_is_an_exact_integer_translation_within_an_eighth():
     assert not all(torch.equal(y[0] - x[0], y[i] - x[i]) for i in range(1, len(x)))
 
 
+def test_jitter_moves_at_most_a_sixteenth_and_repeats_the_edges():
+    x = _images()  # 16 px: at most one pixel
+    y = augment(x, ("jitter",), _gen(2))
+    for i in range(len(x)):
+        found = []
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                rows = (torch.arange(16) - dy).clamp(0, 15)
+                cols = (torch.arange(16) - dx).clamp(0, 15)
+                if torch.equal(y[i], x[i][:, rows][:, :, cols]):
+                    found.append((dy, dx))
+        assert found, f"image {i} is not an edge-repeating shift by at most 1 pixel"
+    assert not all(torch.equal(y[0] - x[0], y[i] - x[i]) for i in range(1, len(x)))
+
+
 def test_cutout_zeroes_one_square_and_draws_repeat_with_the_generator():
     x = _images().abs() + 1  # no zeros of its own
     y = augment(x, ("cutout",), _gen(2))

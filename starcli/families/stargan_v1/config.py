@@ -23,7 +23,7 @@ __all__ = ["StarGANv1Options", "PRESETS", "ADV_LOSSES", "check_image_size"]
 
 ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
 # What `--d-augment` may apply to every image D sees (reals and fakes alike, in both steps).
-D_AUGMENTS = ("shift", "cutout", "colour", "noise")
+D_AUGMENTS = ("shift", "jitter", "cutout", "colour", "noise")
 
 
 
@@ -109,7 +109,8 @@ class StarGANv1Options:
                             "perturbations cannot flip)."})
     d_augment: str = field(default="", metadata={
         "help": "Comma-separated augmentations of every image D sees, reals and fakes alike "
-                "(DiffAugment): shift (up to 1/8 of the side), cutout (a quarter-side square), "
+                "(DiffAugment): shift (up to 1/8 of the side), jitter (1/16, edges repeated), "
+                "cutout (a quarter-side square), "
                 "colour, noise (Gaussian, std 0.1). Keeps D's classifier from being fooled by "
                 "small perturbations."})
 
