@@ -26,6 +26,7 @@ from starcli.families.stargan_v1.config import ADV_LOSSES
 
 __all__ = [
     "classifier_gradient_penalty",
+    "fgsm_images",
     "ADV_LOSSES",
     "CLS_LOSSES",
     "d_adversarial_loss",
@@ -113,6 +114,19 @@ def classifier_gradient_penalty(d_cls: Callable[[torch.Tensor], torch.Tensor],
     (grad,) = torch.autograd.grad(loss, x, create_graph=True)
     with torch.autocast(device_type=real.device.type, enabled=False):
         return grad.float().flatten(1).square().sum(1).mean()
+
+
+def fgsm_images(d_cls: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                labels: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+    """`real` moved by `eps` per pixel in the direction that most raises each image's own
+    classification loss (one FGSM step, Goodfellow et al. 2015), clamped to [-1, 1] and
+    detached. Training D's classifier to keep reading the true labels on these makes it
+    robust to small perturbations; a robust classifier's gradient asks G for changes a person
+    sees (Santurkar et al. 2019), not for patterns that only fool D."""
+    x = real.detach().float().requires_grad_(True)
+    loss = classification_loss(d_cls(x.to(real.dtype)), labels, kind) * x.shape[0]
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x + eps * grad.sign()).clamp(-1, 1).detach().to(real.dtype)
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

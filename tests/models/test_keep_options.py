@@ -108,6 +108,26 @@ def test_classifier_gradient_penalty_is_each_images_own_squared_gradient(kind):
     assert flat.item() == 0.0
 
 
+@pytest.mark.parametrize("kind", ["multilabel", "onehot"])
+def test_fgsm_moves_every_pixel_by_eps_to_raise_the_loss(kind):
+    from starcli.models.losses import classification_loss, fgsm_images
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.rand(6, 3, 8, 8) * 1.6 - 0.8  # inside [-1, 1] by more than eps
+    labels = (torch.rand(6, 5) < 0.5).float() if kind == "multilabel" else \
+        torch.randint(0, 5, (6,))
+    adv = fgsm_images(net, x, labels, kind, 0.1)
+    assert not adv.requires_grad
+    assert torch.allclose((adv - x).abs(), torch.full_like(x, 0.1), atol=1e-6)
+    for i in range(6):  # each image's own loss goes up
+        before = classification_loss(net(x[i:i + 1]), labels[i:i + 1], kind)
+        after = classification_loss(net(adv[i:i + 1]), labels[i:i + 1], kind)
+        assert after > before
+    edge = fgsm_images(net, torch.ones(2, 3, 8, 8), labels[:2], kind, 0.5)
+    assert edge.max() <= 1.0  # clamped to the pixel range
+
+
 def test_total_variation_is_zero_for_flat_masks_only():
     assert total_variation(torch.full((2, 1, 8, 8), 0.3)).item() == 0
     assert total_variation(torch.rand(2, 1, 8, 8, generator=_gen(0))).item() > 0
@@ -143,6 +163,7 @@ def test_blend_generator_returns_its_input_where_the_mask_is_closed():
     (dict(lambda_cls_gp=-1.0), "--lambda-cls-gp"),
     (dict(d_warmup=-1), "--d-warmup"),
     (dict(lambda_change_tv=-1.0), "--lambda-change-tv"),
+    (dict(d_adv_eps=-0.1), "--d-adv-eps"),
     (dict(g_blend="yes"), "--g-blend"),
 ])
 def test_bad_keep_options_name_their_flag(overrides, flag):
@@ -153,12 +174,13 @@ def test_bad_keep_options_name_their_flag(overrides, flag):
 def test_paper_preset_leaves_every_keep_option_off():
     opt = TrainConfig.from_preset("paper", datasets=("celeba",)).options
     assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.lambda_cls_gp,
-            opt.lambda_change_tv, opt.d_warmup, opt.augments) == \
-        (False, 0.0, 0.0, 0.0, 0.0, 0.0, 0, ())
+            opt.lambda_change_tv, opt.d_adv_eps, opt.d_warmup, opt.augments) == \
+        (False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, ())
 
 
 KEEP = dict(g_blend=True, lambda_id=2.0, lambda_mask=0.1, lambda_mask_tv=1e-3,
-            lambda_cls_gp=0.5, lambda_change_tv=0.1, d_augment="shift,cutout,noise",
+            lambda_cls_gp=0.5, lambda_change_tv=0.1, d_adv_eps=0.05,
+            d_augment="shift,cutout,noise",
             adv_loss="lsgan", n_critic=1)
 
 
@@ -183,7 +205,7 @@ def test_keep_options_train_log_their_losses_and_resume_exactly(home, make_datas
     straight = train(_cfg(home, tmp_path / "straight"), on_log=records.append)
     assert straight["step"] == 6
     assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 and r["D/cls_gp"] > 0 and
-               r["G/change_tv"] > 0 for r in records)
+               r["G/change_tv"] > 0 and r["D/cls_adv"] > 0 for r in records)
     ckpt = load_checkpoint(tmp_path / "straight")
     assert ckpt.model.g_blend and ckpt.G.to_mask is not None
 

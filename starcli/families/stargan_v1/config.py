@@ -100,6 +100,11 @@ class StarGANv1Options:
         "min": 0.0, "help": "Weight of the total variation of the change G makes, "
                             "G(x, c') − x: edits must be smooth patches, not the "
                             "high-frequency patterns that fool a classifier."})
+    d_adv_eps: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "Adversarial training of D's classifier: it must also read the "
+                            "true labels on real images moved this much per pixel (one FGSM "
+                            "step; pixels in [-1, 1]), so G cannot fool it with small "
+                            "perturbations."})
     d_warmup: int = field(default=0, metadata={
         "min": 0, "help": "The first N iterations train only D's classifier, on real images "
                           "(G starts against a classifier that already reads the labels)."})
@@ -130,7 +135,7 @@ class StarGANv1Options:
             raise ConfigError(f"--d-augment {self.d_augment!r}: {', '.join(unknown)} is not "
                               f"known; choose from {', '.join(D_AUGMENTS)}.")
         for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_id", "lambda_mask",
-                     "lambda_mask_tv", "lambda_cls_gp", "lambda_change_tv"):
+                     "lambda_mask_tv", "lambda_cls_gp", "lambda_change_tv", "d_adv_eps"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"{flag(name)} must be a number >= 0, got {value!r}.")

@@ -26,6 +26,7 @@ from starcli.models.losses import (
     classification_loss,
     classifier_gradient_penalty,
     d_adversarial_loss,
+    fgsm_images,
     g_adversarial_loss,
     gradient_penalty,
     reconstruction_loss,
@@ -33,8 +34,8 @@ from starcli.models.losses import (
 
 __all__ = ["StarGANv1Step", "LOSS_KEYS", "PER_DATASET_KEYS", "LOG_KEYS"]
 
-LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "D/cls_gp", "G/loss", "G/adv", "G/cls",
-             "G/rec", "G/id", "G/mask", "G/change_tv")
+LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "D/cls_gp", "D/cls_adv", "G/loss",
+             "G/adv", "G/cls", "G/rec", "G/id", "G/mask", "G/change_tv")
 PER_DATASET_KEYS = ("D/cls", "D/acc_real", "G/cls", "G/rec", "G/acc_fake")
 LOG_KEYS = ("D/loss", "D/cls", "G/loss", "G/cls", "G/rec")
 
@@ -127,13 +128,21 @@ class StarGANv1Step:
             else:
                 with torch.no_grad():  # the official code builds (and discards) a graph here
                     fake = self.G(x, c_trg)
+            images = [x, fake.to(x.dtype)]
+            if opt.d_adv_eps > 0:  # reals pushed toward a misreading, to be read right
+                images.append(fgsm_images(lambda z: self.D_eager(self.aug(z))[1][:, cls_slice],
+                                          x, labels, kind, opt.d_adv_eps))
             # One D pass over real and fake: D has no batch statistics, so this equals two.
-            src, cls = self.D(self.aug(torch.cat([x, fake.to(x.dtype)])))
-            src_real, src_fake = src[:n], src[n:]
+            src, cls = self.D(self.aug(torch.cat(images)))
+            src_real, src_fake = src[:n], src[n:2 * n]
             cls_real = cls[:n, cls_slice]
             d_adv = d_adversarial_loss(src_real, src_fake, opt.adv_loss)
             d_cls = classification_loss(cls_real, labels, kind)
             d_loss = d_adv + opt.lambda_cls * d_cls
+            if opt.d_adv_eps > 0:
+                d_cls_adv = classification_loss(cls[2 * n:, cls_slice], labels, kind)
+                d_loss = d_loss + opt.lambda_cls * d_cls_adv
+                out["D/cls_adv"] = d_cls_adv.detach()
             if use_gp and rt.precision != "fp16":
                 d_gp = gradient_penalty(lambda z: self.D_eager(z)[0], x, fake)
         if use_gp and rt.precision == "fp16":
