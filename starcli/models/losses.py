@@ -124,8 +124,8 @@ def fgsm_images(d_cls: Callable[[torch.Tensor], torch.Tensor], real: torch.Tenso
     robust to small perturbations; a robust classifier's gradient asks G for changes a person
     sees (Santurkar et al. 2019), not for patterns that only fool D."""
     x = real.detach().float().requires_grad_(True)
-    loss = classification_loss(d_cls(x.to(real.dtype)), labels, kind) * x.shape[0]
-    (grad,) = torch.autograd.grad(loss, x)
+    # The batch mean's gradient has each image's own direction: only its sign is used.
+    (grad,) = torch.autograd.grad(classification_loss(d_cls(x.to(real.dtype)), labels, kind), x)
     return (x + eps * grad.sign()).clamp(-1, 1).detach().to(real.dtype)
 
 

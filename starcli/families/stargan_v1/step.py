@@ -114,6 +114,9 @@ class StarGANv1Step:
             return {"D/cls": d_cls.detach(),
                     "D/acc_real": _accuracy(cls_real.detach().float(), labels, kind)}
 
+        def d_cls_eager(z: torch.Tensor) -> torch.Tensor:  # D's logits of this label space
+            return self.D_eager(self.aug(z))[1][:, cls_slice]  # eager: gradients to images
+
         # ---- D: real vs fake, classify the real images.
         use_gp = opt.adv_loss == "wgan-gp" and opt.lambda_gp > 0
         self.d_steps[space] += 1
@@ -130,8 +133,7 @@ class StarGANv1Step:
                     fake = self.G(x, c_trg)
             images = [x, fake.to(x.dtype)]
             if opt.d_adv_eps > 0:  # reals pushed toward a misreading, to be read right
-                images.append(fgsm_images(lambda z: self.D_eager(self.aug(z))[1][:, cls_slice],
-                                          x, labels, kind, opt.d_adv_eps))
+                images.append(fgsm_images(d_cls_eager, x, labels, kind, opt.d_adv_eps))
             # One D pass over real and fake: D has no batch statistics, so this equals two.
             src, cls = self.D(self.aug(torch.cat(images)))
             src_real, src_fake = src[:n], src[n:2 * n]
@@ -154,8 +156,7 @@ class StarGANv1Step:
             out["D/gp"] = d_gp.detach()
         if opt.lambda_cls_gp > 0:  # a classifier flat around the reals (eager D: double backward)
             with rt.autocast():
-                d_cls_gp = classifier_gradient_penalty(
-                    lambda z: self.D_eager(self.aug(z))[1][:, cls_slice], x, labels, kind)
+                d_cls_gp = classifier_gradient_penalty(d_cls_eager, x, labels, kind)
             d_loss = d_loss + opt.lambda_cls_gp * d_cls_gp
             out["D/cls_gp"] = d_cls_gp.detach()
         ctx.optimizers.step("d", d_loss)
