@@ -332,6 +332,12 @@ V2_WORKER = textwrap.dedent('''
         with open(out, "w") as f:
             json.dump({"identical": torch.equal(every[0], every[1]),
                        "moved": result["step"], "world": result["world_size"]}, f)
+    # Free the run's DDP wrappers (reference cycles keep them) before the group goes; a
+    # reducer outliving its group aborts the process at exit ("terminate called ...").
+    import gc
+    models.clear()
+    del result
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 ''')
