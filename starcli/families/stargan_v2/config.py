@@ -80,6 +80,20 @@ class StarGANv2Options:
     ema: float = field(default=0.999, metadata={
         "help": "Decay of the moving averages of G, F and E.", "min": 0.0, "max": 1.0})
 
+    # Keeping what is not the domain or the style (not in the official model; all off in
+    # every preset but demo).
+    g_blend: bool = field(default=False, metadata={
+        "help": "G also predicts an attention mask and returns input + mask·(colour − "
+                "input), so what the mask leaves closed (the background) is the input's."})
+    lambda_mask: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "--g-blend: weight of the mask's mean (keeps it closed where "
+                            "nothing has to change)."})
+    lambda_mask_tv: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    lambda_id: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "Weight of the identity loss |x − G(x, E(x, own domain))|₁: "
+                            "an image's own style leaves it as it is."})
+
     def __post_init__(self) -> None:
         if not isinstance(self.wing, str):
             raise ConfigError(f"--wing must be a file path, got {self.wing!r}.")
@@ -89,8 +103,10 @@ class StarGANv2Options:
         for name in ("latent_dim", "style_dim", "max_conv_dim", "mapping_hidden", "ds_iter"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("dim_in", self.dim_in, minimum=0)
+        if not isinstance(self.g_blend, bool):
+            raise ConfigError(f"--g-blend must be true or false, got {self.g_blend!r}.")
         for name in ("w_hpf", "lambda_reg", "lambda_sty", "lambda_ds", "lambda_cyc",
-                     "weight_decay"):
+                     "weight_decay", "lambda_mask", "lambda_mask_tv", "lambda_id"):
             _number(name, getattr(self, name))
         for name in ("lr", "f_lr"):
             _number(name, getattr(self, name), positive=True)

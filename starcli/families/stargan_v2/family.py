@@ -113,7 +113,7 @@ class StarGANv2:
                        latent_dim=options.latent_dim, style_dim=options.style_dim,
                        w_hpf=options.w_hpf, max_conv_dim=options.max_conv_dim,
                        dim_in=options.dim_in or None, mapping_hidden=options.mapping_hidden,
-                       domains=domains, masks=options.w_hpf > 0)
+                       g_blend=options.g_blend, domains=domains, masks=options.w_hpf > 0)
 
     def model_from_dict(self, data: dict[str, Any]) -> V2Model:
         return V2Model.from_dict(data)

@@ -62,6 +62,9 @@ class V2ModelConfig:
     max_conv_dim: int = 512  # channel cap
     dim_in: int | None = None  # width at full resolution; None = 2**14 // image_size (official)
     mapping_hidden: int = 512  # F's width (the official code hard-codes 512)
+    # not in the official model: G also predicts an attention mask A and returns
+    # x + A·(colour − x), so what the mask leaves closed (the background) is the input's
+    g_blend: bool = False
 
     def __post_init__(self) -> None:
         check_int("image_size", self.image_size, 16)
@@ -74,6 +77,8 @@ class V2ModelConfig:
             raise ConfigError(f"--w-hpf must be a number, got {self.w_hpf!r}.")
         if not math.isfinite(self.w_hpf) or self.w_hpf < 0:
             raise ConfigError(f"--w-hpf must be 0 or a positive number, got {self.w_hpf}.")
+        if not isinstance(self.g_blend, bool):
+            raise ConfigError(f"--g-blend must be true or false, got {self.g_blend!r}.")
         object.__setattr__(self, "w_hpf", float(self.w_hpf))
         if self.dim_in is None:
             # frozen dataclass: resolve the default once so to_dict() is always explicit
@@ -238,6 +243,11 @@ class Generator(nn.Module):
     No output activation (as official). With w_hpf > 0 and `masks` = (whole-face, eyes/nose)
     maps of shape (N, 1, h, w), decoder features at 32/64/128 px get `hpf(mask * encoder
     feature)` added; masks[0] at 32 px and masks[1] above, resized bilinearly.
+
+    With `g_blend` (not in the official model) a 3x3 conv beside `to_rgb`'s last layer
+    predicts an attention mask A = sigmoid(conv) and the output is x + A·(colour − x);
+    `G(x, s, with_mask=True)` returns (output, A), A of shape (N, 1, H, W) (None without
+    g_blend), for the mask penalties.
     """
 
     def __init__(self, cfg: V2ModelConfig) -> None:
@@ -265,11 +275,22 @@ class Generator(nn.Module):
             self.decode.insert(0, AdainResBlk(dim_out, dim_out, cfg.style_dim, cfg.w_hpf))
         if cfg.w_hpf > 0:
             self.hpf = HighPass(cfg.w_hpf)
+        self.to_mask = nn.Conv2d(cfg.dim_in, 1, 3, 1, 1) if cfg.g_blend else None
+
+    def reset_mask(self) -> None:
+        """Start the attention mask nearly closed (sigmoid(-2) = 0.12), so it learns where
+        to open instead of starting half open everywhere (build_v2 calls it after He init)."""
+        if self.to_mask is not None:
+            nn.init.zeros_(self.to_mask.weight)
+            nn.init.constant_(self.to_mask.bias, -2.0)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor,
-                masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+                with_mask: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         if masks is not None and self.cfg.w_hpf == 0:
             raise ValueError("masks need a generator with w_hpf > 0")
+        x_in = x
         x = self.from_rgb(x)
         cache: dict[int, torch.Tensor] = {}
         for block in self.encode:
@@ -284,7 +305,14 @@ class Generator(nn.Module):
                 mask = F.interpolate(mask.to(x.dtype), size=tuple(x.shape[2:]), mode="bilinear",
                                      align_corners=False)
                 x = x + self.hpf(mask * cache[size])
-        return self.to_rgb(x)
+        if self.to_mask is None:
+            out = self.to_rgb(x)
+            return (out, None) if with_mask else out
+        h = self.to_rgb[1](self.to_rgb[0](x))
+        colour = self.to_rgb[2](h)
+        attention = torch.sigmoid(self.to_mask(h))
+        out = x_in.to(colour.dtype) + attention * (colour - x_in.to(colour.dtype))
+        return (out, attention) if with_mask else out
 
 
 class MappingNetwork(nn.Module):
@@ -375,8 +403,10 @@ def he_init(module: nn.Module) -> nn.Module:
 
 def build_v2(cfg: V2ModelConfig) -> dict[str, nn.Module]:
     """He-initialised {"G", "F", "E", "D"}, in that order, on the current default device."""
+    G = he_init(Generator(cfg))
+    G.reset_mask()
     return {
-        "G": he_init(Generator(cfg)),
+        "G": G,
         "F": he_init(MappingNetwork(cfg)),
         "E": he_init(StyleEncoder(cfg)),
         "D": he_init(Discriminator(cfg)),

@@ -38,12 +38,13 @@ from torch import nn
 
 from starcli.families.base import StepContext
 from starcli.families.stargan_v2.fan import face_masks
+from starcli.models.augment import total_variation
 
 __all__ = ["StarGANv2Step", "lambda_ds_at", "r1_penalty", "LOSS_KEYS", "PER_DATASET_KEYS",
            "LOG_KEYS", "POOL_SIZE"]
 
 LOSS_KEYS = ("D/latent", "D/ref", "D/real", "D/fake", "D/r1", "G/latent", "G/ref", "G/adv",
-             "G/sty", "G/ds", "G/cyc", "lambda_ds")
+             "G/sty", "G/ds", "G/cyc", "G/id", "G/mask", "lambda_ds")
 PER_DATASET_KEYS: tuple[str, ...] = ()
 LOG_KEYS = ("D/latent", "D/ref", "D/r1", "G/adv", "G/sty", "G/ds", "G/cyc")
 
@@ -251,7 +252,7 @@ class StarGANv2Step:
                 with torch.no_grad():
                     s_trg = self.E_ng(x_ref[0], y_trg)
                     s_trg2 = self.E_ng(x_ref[1], y_trg)
-            x_fake = self.G(x_real, s_trg, masks=masks)
+            x_fake, attention = self.G(x_real, s_trg, masks=masks, with_mask=True)
             adv = _bce(self.D_g(x_fake, y_trg), 1.0)
             sty = _l1(E(x_fake, y_trg), s_trg)
             with torch.no_grad():  # detached in the official code: only x_fake's branch learns
@@ -265,9 +266,18 @@ class StarGANv2Step:
             # the cycle's masks come from the fake, as in the official code
             cyc = _l1(self.G(x_fake, s_org, masks=self.masks(x_fake)), x_real)
             loss = adv + opt.lambda_sty * sty - lambda_ds * ds + opt.lambda_cyc * cyc
+            extra: dict[str, torch.Tensor] = {}
+            if opt.lambda_id > 0:  # its own style leaves an image as it is
+                extra["id"] = _l1(self.G(x_real, s_org, masks=masks), x_real)
+                loss = loss + opt.lambda_id * extra["id"]
+            if attention is not None and (opt.lambda_mask > 0 or opt.lambda_mask_tv > 0):
+                extra["mask"] = attention.float().mean()
+                loss = loss + opt.lambda_mask * extra["mask"] + \
+                    opt.lambda_mask_tv * total_variation(attention)
         self._optimise(("G", "F", "E") if latent else ("G",), loss)
         return {"loss": loss.detach(), "adv": adv.detach(), "sty": sty.detach(),
-                "ds": ds.detach(), "cyc": cyc.detach()}
+                "ds": ds.detach(), "cyc": cyc.detach(),
+                **{k: v.detach() for k, v in extra.items()}}
 
     # -- the iteration ------------------------------------------------------------------
 
@@ -308,6 +318,7 @@ class StarGANv2Step:
                 "G/latent": g_lat["loss"], "G/ref": g_ref["loss"],
                 "G/adv": mean("adv", g_lat, g_ref), "G/sty": mean("sty", g_lat, g_ref),
                 "G/ds": mean("ds", g_lat, g_ref), "G/cyc": mean("cyc", g_lat, g_ref),
+                **{f"G/{k}": mean(k, g_lat, g_ref) for k in ("id", "mask") if k in g_lat},
                 "lambda_ds": torch.tensor(lam, dtype=torch.float32)}
 
 
