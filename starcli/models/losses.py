@@ -117,16 +117,28 @@ def classifier_gradient_penalty(d_cls: Callable[[torch.Tensor], torch.Tensor],
 
 
 def fgsm_images(d_cls: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                labels: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
-    """`real` moved by `eps` per pixel in the direction that most raises each image's own
-    classification loss (one FGSM step, Goodfellow et al. 2015), clamped to [-1, 1] and
-    detached. Training D's classifier to keep reading the true labels on these makes it
-    robust to small perturbations; a robust classifier's gradient asks G for changes a person
-    sees (Santurkar et al. 2019), not for patterns that only fool D."""
-    x = real.detach().float().requires_grad_(True)
-    # The batch mean's gradient has each image's own direction: only its sign is used.
-    (grad,) = torch.autograd.grad(classification_loss(d_cls(x.to(real.dtype)), labels, kind), x)
-    return (x + eps * grad.sign()).clamp(-1, 1).detach().to(real.dtype)
+                labels: torch.Tensor, kind: str, eps: float, steps: int = 1) -> torch.Tensor:
+    """`real` moved by up to `eps` per pixel in the direction that most raises each image's
+    own classification loss, clamped to [-1, 1] and detached. One step (the default) is FGSM
+    (Goodfellow et al. 2015): every pixel moves by exactly `eps`. `steps` > 1 is PGD (Madry
+    et al. 2018) from the real image: steps of 2.5·eps/steps, each projected back into the
+    eps-ball, which finds stronger perturbations than one step. Training D's classifier to
+    keep reading the true labels on these makes it robust to small perturbations; a robust
+    classifier's gradient asks G for changes a person sees (Santurkar et al. 2019), not for
+    patterns that only fool D."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    x0 = real.detach().float()
+    alpha = eps if steps == 1 else 2.5 * eps / steps
+    x = x0
+    for _ in range(steps):
+        x = x.detach().requires_grad_(True)
+        # The batch mean's gradient has each image's own direction: only its sign is used.
+        (grad,) = torch.autograd.grad(
+            classification_loss(d_cls(x.to(real.dtype)), labels, kind), x)
+        x = x0 + (x.detach() + alpha * grad.sign() - x0).clamp(-eps, eps)
+        x = x.clamp(-1, 1)
+    return x.detach().to(real.dtype)
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

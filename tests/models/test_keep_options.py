@@ -128,6 +128,30 @@ def test_fgsm_moves_every_pixel_by_eps_to_raise_the_loss(kind):
     assert edge.max() <= 1.0  # clamped to the pixel range
 
 
+@pytest.mark.parametrize("kind", ["multilabel", "onehot"])
+def test_pgd_stays_within_eps_and_beats_fgsm_on_a_curved_classifier(kind):
+    from starcli.models.losses import classification_loss, fgsm_images
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 32),
+                              torch.nn.Tanh(), torch.nn.Linear(32, 5))
+    with torch.no_grad():
+        net[0 + 1].weight.mul_(8)  # a strongly curved loss surface around x
+    x = torch.rand(16, 3, 8, 8) * 1.6 - 0.8
+    labels = (torch.rand(16, 5) < 0.5).float() if kind == "multilabel" else \
+        torch.randint(0, 5, (16,))
+    one = fgsm_images(net, x, labels, kind, 0.1)
+    assert torch.equal(one, fgsm_images(net, x, labels, kind, 0.1, steps=1))
+    pgd = fgsm_images(net, x, labels, kind, 0.1, steps=7)
+    assert (pgd - x).abs().max() <= 0.1 + 1e-6 and not pgd.requires_grad
+    assert not torch.allclose(pgd, one)
+    loss = {name: classification_loss(net(a), labels, kind).item()
+            for name, a in (("x", x), ("fgsm", one), ("pgd", pgd))}
+    assert loss["pgd"] > loss["fgsm"] > loss["x"], loss
+    with pytest.raises(ValueError):
+        fgsm_images(net, x, labels, kind, 0.1, steps=0)
+
+
 def test_total_variation_is_zero_for_flat_masks_only():
     assert total_variation(torch.full((2, 1, 8, 8), 0.3)).item() == 0
     assert total_variation(torch.rand(2, 1, 8, 8, generator=_gen(0))).item() > 0

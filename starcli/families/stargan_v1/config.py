@@ -105,6 +105,10 @@ class StarGANv1Options:
                             "true labels on real images moved this much per pixel (one FGSM "
                             "step; pixels in [-1, 1]), so G cannot fool it with small "
                             "perturbations."})
+    d_adv_steps: int = field(default=1, metadata={
+        "min": 1, "help": "--d-adv-eps: gradient steps that find the perturbation (1: FGSM; "
+                          "more: PGD, steps of 2.5·eps/N kept within eps, a stronger "
+                          "attack for one more D pass each)."})
     d_warmup: int = field(default=0, metadata={
         "min": 0, "help": "The first N iterations train only D's classifier, on real images "
                           "(G starts against a classifier that already reads the labels)."})
@@ -124,6 +128,7 @@ class StarGANv1Options:
             check_int(name, getattr(self, name), minimum=1)
         check_int("g_repeat_num", self.g_repeat_num, minimum=0)
         check_int("d_warmup", self.d_warmup, minimum=0)
+        check_int("d_adv_steps", self.d_adv_steps, minimum=1)
         if self.adv_loss not in ADV_LOSSES:
             raise ConfigError(f"--adv-loss {self.adv_loss!r} is not known; choose one of "
                               f"{', '.join(ADV_LOSSES)}.")

@@ -133,7 +133,8 @@ class StarGANv1Step:
                     fake = self.G(x, c_trg)
             images = [x, fake.to(x.dtype)]
             if opt.d_adv_eps > 0:  # reals pushed toward a misreading, to be read right
-                images.append(fgsm_images(d_cls_eager, x, labels, kind, opt.d_adv_eps))
+                images.append(fgsm_images(d_cls_eager, x, labels, kind, opt.d_adv_eps,
+                                          opt.d_adv_steps))
             # One D pass over real and fake: D has no batch statistics, so this equals two.
             src, cls = self.D(self.aug(torch.cat(images)))
             src_real, src_fake = src[:n], src[n:2 * n]
