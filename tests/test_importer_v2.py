@@ -188,6 +188,19 @@ def test_wing_import_translates_with_face_masks(tmp_path):
         want = modules["G"](x, s, masks=face_masks(fan, x))
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, tr_plain.generate_styled(x, s), atol=1e-3)
+    # K styles of one batch run the landmark network once; a new batch gets its own masks
+    calls = []
+    hook = tr.fan.register_forward_hook(lambda *a: calls.append(1))
+    for k in range(3):
+        tr.generate_styled(x, s.roll(k, 0))
+    assert calls == []  # the masks of x were made above
+    other = x.flip(0)
+    got2 = tr.generate_styled(other, s)
+    assert len(calls) == 1
+    with torch.no_grad():
+        want2 = modules["G"](other, s, masks=face_masks(fan, other))
+    assert torch.allclose(got2, want2, atol=1e-5)
+    hook.remove()
 
 
 def test_fan_entry_of_the_file_is_used_without_wing(tmp_path):

@@ -52,6 +52,7 @@ class Translator(PixelIO):
         # The FAN stays float32 (face_masks runs it without autocast); G gets the masks of
         # each source image, as the official sampler does.
         self.fan = None if fan is None else fan.to(device).eval()
+        self._masks_of: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.domains = domains
         self.block = layout.blocks[0]
         self.latent_dim = self.F.cfg.latent_dim
@@ -139,8 +140,18 @@ class Translator(PixelIO):
         return torch.stack(z) if z else torch.zeros(0, self.latent_dim)
 
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The face masks of sources x when the checkpoint has a FAN, else None."""
-        return None if self.fan is None else face_masks(self.fan, x)
+        """The face masks of sources x when the checkpoint has a FAN, else None. The last
+        batch's masks are kept: K styles of one batch (--styles, eval's 10 per face) run the
+        landmark network once, not K times."""
+        if self.fan is None:
+            return None
+        last = self._masks_of
+        if last is not None and last[0].shape == x.shape and last[0].dtype == x.dtype and \
+                last[0].device == x.device and torch.equal(last[0], x):
+            return last[1]
+        masks = face_masks(self.fan, x)
+        self._masks_of = (x.detach().clone(), masks)
+        return masks
 
     def _G(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return self.G(x, s, masks=self.masks(x))
