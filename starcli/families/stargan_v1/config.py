@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starcli.errors import ConfigError
-from starcli.validate import check_int, flag
+from starcli.validate import check_int, flag, mask_penalty_fields
 
 __all__ = ["StarGANv1Options", "PRESETS", "ADV_LOSSES", "check_image_size"]
 
@@ -46,6 +46,9 @@ def check_image_size(image_size: int, g_down_num: int, d_repeat_num: int) -> Non
             f"{d_repeat_num} halves it {d_repeat_num} times, which needs a multiple of "
             f"{stride}; use --d-repeat-num <= {deepest} or a larger --image-size."
         )
+
+
+_MASK_FIELDS = mask_penalty_fields()
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,8 @@ class StarGANv1Options:
                 "mask·colour + (1 − mask)·input (GANimation), so the background is kept."})
     lambda_id: float = field(default=0.0, metadata={
         "min": 0.0, "help": "Weight of the identity loss |x − G(x, own labels)|₁."})
-    lambda_mask: float = field(default=0.0, metadata={
-        "min": 0.0, "help": "--g-blend: weight of the mask's mean (keeps it closed where "
-                            "nothing has to change)."})
-    lambda_mask_tv: float = field(default=0.0, metadata={
-        "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    lambda_mask: float = _MASK_FIELDS[0]
+    lambda_mask_tv: float = _MASK_FIELDS[1]
     lambda_change_tv: float = field(default=0.0, metadata={
         "min": 0.0, "help": "Weight of the total variation of the change G makes, "
                             "G(x, c') − x: edits must be smooth patches, not the "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from starcli.errors import ConfigError
-from starcli.validate import check_int, flag
+from starcli.validate import check_int, flag, mask_penalty_fields
 
 __all__ = ["StarGANv2Options", "PRESETS", "OPTIONS"]
 
@@ -31,6 +31,9 @@ def _number(name: str, value: Any, *, positive: bool = False) -> None:
     if not ok:
         raise ConfigError(f"{flag(name)} must be a number {'>' if positive else '>='} 0, "
                           f"got {value!r}.")
+
+
+_MASK_FIELDS = mask_penalty_fields()
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,8 @@ class StarGANv2Options:
     g_blend: bool = field(default=False, metadata={
         "help": "G also predicts an attention mask and returns input + mask·(colour − "
                 "input), so what the mask leaves closed (the background) is the input's."})
-    lambda_mask: float = field(default=0.0, metadata={
-        "min": 0.0, "help": "--g-blend: weight of the mask's mean (keeps it closed where "
-                            "nothing has to change)."})
-    lambda_mask_tv: float = field(default=0.0, metadata={
-        "min": 0.0, "help": "--g-blend: weight of the mask's total variation (smooth masks)."})
+    lambda_mask: float = _MASK_FIELDS[0]
+    lambda_mask_tv: float = _MASK_FIELDS[1]
     lambda_id: float = field(default=0.0, metadata={
         "min": 0.0, "help": "Weight of the identity loss |x − G(x, E(x, own domain))|₁: "
                             "an image's own style leaves it as it is."})
