@@ -26,6 +26,7 @@ from starcli.families.stargan_v1.config import ADV_LOSSES
 
 __all__ = [
     "classifier_gradient_penalty",
+    "conditional_scores",
     "fgsm_images",
     "ADV_LOSSES",
     "CLS_LOSSES",
@@ -156,6 +157,26 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -
         if target.dim() == logits.dim():
             target = target.argmax(dim=1)
         return F.cross_entropy(logits, target.long())
+    raise ConfigError(
+        f"classification loss kind {kind!r} is not known; choose one of {', '.join(CLS_LOSSES)}."
+    )
+
+
+def conditional_scores(cond: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The real/fake scores an image is judged by, from a conditional head's output `cond`
+    (N, k, 2): one score per (label, value) of a label space with k labels.
+
+    ``multilabel``: every label's score at the image's value of it, (N, k): a fake with
+    Male = 1 is judged by the Male-on score, and by the scores of the labels it kept. ``onehot``:
+    the on-score of the image's one class, (N, 1) (StarGAN v2's multi-task D: one output per
+    domain). `labels` are 0/1 rows (or class indices for onehot); the scores of a wrong value
+    never enter, so each score learns what real faces *with that value* look like."""
+    if kind == "multilabel":
+        index = labels.long().clamp(0, 1).unsqueeze(2)
+        return cond.gather(2, index).squeeze(2)
+    if kind == "onehot":
+        cls = labels.argmax(dim=1) if labels.dim() == 2 else labels.long()
+        return cond[torch.arange(cond.shape[0], device=cond.device), cls, 1].unsqueeze(1)
     raise ConfigError(
         f"classification loss kind {kind!r} is not known; choose one of {', '.join(CLS_LOSSES)}."
     )

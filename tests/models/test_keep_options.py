@@ -152,6 +152,45 @@ def test_pgd_stays_within_eps_and_beats_fgsm_on_a_curved_classifier(kind):
         fgsm_images(net, x, labels, kind, 0.1, steps=0)
 
 
+def test_conditional_scores_pick_each_labels_score_at_the_images_value():
+    from starcli.models.losses import conditional_scores
+
+    cond = torch.randn(4, 3, 2, generator=_gen(3))
+    labels = torch.tensor([[0, 1, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    got = conditional_scores(cond, labels, "multilabel")
+    want = torch.tensor([[cond[i, j, int(labels[i, j])] for j in range(3)] for i in range(4)])
+    assert torch.equal(got, want)
+    # onehot: the on-score of the image's class only, from one-hot rows or class indices
+    onehot = torch.nn.functional.one_hot(torch.tensor([2, 0, 1, 2]), 3)
+    got = conditional_scores(cond, onehot, "onehot")
+    assert torch.equal(got[:, 0], torch.stack([cond[0, 2, 1], cond[1, 0, 1], cond[2, 1, 1],
+                                                cond[3, 2, 1]]))
+    assert torch.equal(got, conditional_scores(cond, torch.tensor([2, 0, 1, 2]), "onehot"))
+    # A score of a value the image does not have gets no gradient: it is never judged by it.
+    cond.requires_grad_(True)
+    conditional_scores(cond, labels, "multilabel").sum().backward()
+    assert torch.equal(cond.grad[:, :, 1], labels.float())
+    assert torch.equal(cond.grad[:, :, 0], 1 - labels.float())
+
+
+def test_conditional_head_is_built_only_when_asked_and_has_a_score_per_label_value():
+    from starcli.families.stargan_v1.networks import Discriminator
+
+    plain = Discriminator(ModelConfig(image_size=16, c_dim=5, d_conv_dim=4, d_repeat_num=2))
+    assert plain.cond_head is None and not any("cond" in k for k in plain.state_dict())
+    with pytest.raises(ValueError, match="conditional head"):
+        plain(torch.zeros(1, 3, 16, 16), with_cond=True)
+    D = Discriminator(ModelConfig(image_size=16, c_dim=5, cls_dim=3, d_conv_dim=4,
+                                  d_repeat_num=2, d_cond=True))
+    x = torch.randn(2, 3, 16, 16, generator=_gen(4))
+    src, cls, cond = D(x, with_cond=True)
+    assert cond.shape == (2, 3, 2) and cls.shape == (2, 3)
+    # The other outputs are the same with or without the conditional head asked for.
+    src2, cls2 = D(x)
+    assert torch.equal(src, src2) and torch.equal(cls, cls2)
+    assert ModelConfig.from_dict({"image_size": 64, "c_dim": 5}).d_cond is False
+
+
 def test_total_variation_is_zero_for_flat_masks_only():
     assert total_variation(torch.full((2, 1, 8, 8), 0.3)).item() == 0
     assert total_variation(torch.rand(2, 1, 8, 8, generator=_gen(0))).item() > 0
@@ -188,6 +227,7 @@ def test_blend_generator_returns_its_input_where_the_mask_is_closed():
     (dict(d_warmup=-1), "--d-warmup"),
     (dict(lambda_change_tv=-1.0), "--lambda-change-tv"),
     (dict(d_adv_eps=-0.1), "--d-adv-eps"),
+    (dict(lambda_cond_adv=-1.0), "--lambda-cond-adv"),
     (dict(g_blend="yes"), "--g-blend"),
 ])
 def test_bad_keep_options_name_their_flag(overrides, flag):
@@ -198,13 +238,13 @@ def test_bad_keep_options_name_their_flag(overrides, flag):
 def test_paper_preset_leaves_every_keep_option_off():
     opt = TrainConfig.from_preset("paper", datasets=("celeba",)).options
     assert (opt.g_blend, opt.lambda_id, opt.lambda_mask, opt.lambda_mask_tv, opt.lambda_cls_gp,
-            opt.lambda_change_tv, opt.d_adv_eps, opt.d_warmup, opt.augments) == \
-        (False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, ())
+            opt.lambda_change_tv, opt.d_adv_eps, opt.d_warmup, opt.augments,
+            opt.lambda_cond_adv) == (False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, (), 0.0)
 
 
 KEEP = dict(g_blend=True, lambda_id=2.0, lambda_mask=0.1, lambda_mask_tv=1e-3,
             lambda_cls_gp=0.5, lambda_change_tv=0.1, d_adv_eps=0.05,
-            d_augment="shift,cutout,noise",
+            d_augment="shift,cutout,noise", lambda_cond_adv=0.5,
             adv_loss="lsgan", n_critic=1)
 
 
@@ -229,9 +269,11 @@ def test_keep_options_train_log_their_losses_and_resume_exactly(home, make_datas
     straight = train(_cfg(home, tmp_path / "straight"), on_log=records.append)
     assert straight["step"] == 6
     assert all(r["G/id"] > 0 and 0 < r["G/mask"] < 1 and r["D/cls_gp"] > 0 and
-               r["G/change_tv"] > 0 and r["D/cls_adv"] > 0 for r in records)
+               r["G/change_tv"] > 0 and r["D/cls_adv"] > 0 and r["D/cond_adv"] > 0 and
+               r["G/cond_adv"] > 0 for r in records)
     ckpt = load_checkpoint(tmp_path / "straight")
     assert ckpt.model.g_blend and ckpt.G.to_mask is not None
+    assert ckpt.model.d_cond and ckpt.D.cond_head is not None
 
     train(_cfg(home, tmp_path / "half", iters=3))
     resumed = train(resume_config(str(tmp_path / "half"), iters=6))

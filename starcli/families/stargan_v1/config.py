@@ -100,6 +100,12 @@ class StarGANv1Options:
         "min": 0.0, "help": "Weight of the total variation of the change G makes, "
                             "G(x, c') − x: edits must be smooth patches, not the "
                             "high-frequency patterns that fool a classifier."})
+    lambda_cond_adv: float = field(default=0.0, metadata={
+        "min": 0.0, "help": "Weight of a class-conditional adversarial loss: D gets a real/fake "
+                            "score per label value and judges each image at its own labels "
+                            "(reals) or its targets (fakes), as StarGAN v2's multi-task D, so "
+                            "a fake must look like a real face with the target, not just be "
+                            "read as one; 0 turns the head off."})
     d_adv_eps: float = field(default=0.0, metadata={
         "min": 0.0, "help": "Adversarial training of D's classifier: it must also read the "
                             "true labels on real images moved this much per pixel (one FGSM "
@@ -140,7 +146,8 @@ class StarGANv1Options:
             raise ConfigError(f"--d-augment {self.d_augment!r}: {', '.join(unknown)} is not "
                               f"known; choose from {', '.join(D_AUGMENTS)}.")
         for name in ("lambda_cls", "lambda_rec", "lambda_gp", "lambda_id", "lambda_mask",
-                     "lambda_mask_tv", "lambda_cls_gp", "lambda_change_tv", "d_adv_eps"):
+                     "lambda_mask_tv", "lambda_cls_gp", "lambda_change_tv", "d_adv_eps",
+                     "lambda_cond_adv"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"{flag(name)} must be a number >= 0, got {value!r}.")

@@ -42,7 +42,8 @@ class StarGANv1:
         return ModelConfig(image_size=image_size, c_dim=layout.c_dim, cls_dim=layout.cls_dim,
                            g_conv_dim=options.g_conv_dim, d_conv_dim=options.d_conv_dim,
                            g_repeat_num=options.g_repeat_num, g_down_num=options.g_down_num,
-                           d_repeat_num=options.d_repeat_num, g_blend=options.g_blend)
+                           d_repeat_num=options.d_repeat_num, g_blend=options.g_blend,
+                           d_cond=options.lambda_cond_adv > 0)
 
     def model_from_dict(self, data: dict[str, Any]) -> ModelConfig:
         return ModelConfig.from_dict(data)

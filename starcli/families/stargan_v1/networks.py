@@ -47,13 +47,19 @@ class ModelConfig:
     # G predicts a colour image C and an attention mask A and returns A·C + (1 − A)·x
     # (GANimation), so what the mask leaves closed is the input itself. Off in the paper.
     g_blend: bool = False
+    # D also has a class-conditional realism head: for every label and each of its values a
+    # real/fake score, judged at the image's own labels (reals) or its targets (fakes), as
+    # StarGAN v2's multi-task D does per domain. Off in the paper.
+    d_cond: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.g_blend, bool):
-            raise ConfigError(f"--g-blend must be true or false, got {self.g_blend!r}.")
+        for name in ("g_blend", "d_cond"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{flag(name)} must be true or false, got "
+                                  f"{getattr(self, name)!r}.")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "g_blend" or (f.name == "cls_dim" and value is None):
+            if f.name in ("g_blend", "d_cond") or (f.name == "cls_dim" and value is None):
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{flag(f.name)} must be an integer, got {value!r}.")
@@ -195,7 +201,11 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """D(x) -> (src, cls): src (N, 1, k, k) real/fake patch scores, cls (N, cls_dim) logits,
-    with k = image_size / 2**d_repeat_num. The input must be image_size x image_size."""
+    with k = image_size / 2**d_repeat_num. The input must be image_size x image_size.
+
+    With `d_cond`, `D(x, with_cond=True)` -> (src, cls, cond): cond (N, cls_dim, 2) holds, for
+    every label, a real/fake score for each of its two values (off, on); see
+    `losses.conditional_scores` for which of them an image is judged by."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -207,9 +217,17 @@ class Discriminator(nn.Module):
         )
         self.src_head = nn.Conv2d(widths[-1], 1, 3, 1, 1, bias=False)
         self.cls_head = nn.Conv2d(widths[-1], cfg.cls_dim, cfg.cls_kernel, 1, 0, bias=False)
+        self.cond_head = nn.Conv2d(widths[-1], 2 * cfg.cls_dim, cfg.cls_kernel, 1, 0,
+                                   bias=True) if cfg.d_cond else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_cond: bool = False
+                ) -> tuple[torch.Tensor, ...]:
         h = x
         for conv in self.convs:
             h = F.leaky_relu(conv(h), LEAKY_SLOPE)
-        return self.src_head(h), self.cls_head(h).flatten(1)
+        src, cls = self.src_head(h), self.cls_head(h).flatten(1)
+        if not with_cond:
+            return src, cls
+        if self.cond_head is None:
+            raise ValueError("this discriminator has no conditional head (d_cond is off)")
+        return src, cls, self.cond_head(h).flatten(1).view(-1, self.cfg.cls_dim, 2)

@@ -25,6 +25,7 @@ from starcli.models.augment import augment, total_variation
 from starcli.models.losses import (
     classification_loss,
     classifier_gradient_penalty,
+    conditional_scores,
     d_adversarial_loss,
     fgsm_images,
     g_adversarial_loss,
@@ -34,8 +35,9 @@ from starcli.models.losses import (
 
 __all__ = ["StarGANv1Step", "LOSS_KEYS", "PER_DATASET_KEYS", "LOG_KEYS"]
 
-LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "D/cls_gp", "D/cls_adv", "G/loss",
-             "G/adv", "G/cls", "G/rec", "G/id", "G/mask", "G/change_tv")
+LOSS_KEYS = ("D/loss", "D/adv", "D/cls", "D/gp", "D/cls_gp", "D/cls_adv", "D/cond_adv",
+             "G/loss", "G/adv", "G/cls", "G/rec", "G/id", "G/mask", "G/change_tv",
+             "G/cond_adv")
 PER_DATASET_KEYS = ("D/cls", "D/acc_real", "G/cls", "G/rec", "G/acc_fake")
 LOG_KEYS = ("D/loss", "D/cls", "G/loss", "G/cls", "G/rec")
 
@@ -78,6 +80,7 @@ class StarGANv1Step:
         # transforms; an empty policy is the paper's D.
         self.aug = (lambda t: augment(t, policy, ctx.gen)) if policy else (lambda t: t)
         self.blend = opt.g_blend
+        self.cond = opt.lambda_cond_adv > 0  # D's class-conditional realism head
         # D steps taken per label space: G steps every n_critic-th batch *of each dataset*,
         # so strict alternation with an even n_critic cannot starve one dataset of G updates.
         self.d_steps = [0] * len(ctx.layout.spaces)
@@ -106,11 +109,12 @@ class StarGANv1Step:
 
         if step <= opt.d_warmup:  # --d-warmup: D's classifier alone, on the real images
             with rt.autocast():
-                src, cls = self.D(self.aug(x))
+                src, cls, *cond = self.D(self.aug(x), with_cond=self.cond)
                 cls_real = cls[:, cls_slice]
                 d_cls = classification_loss(cls_real, labels, kind)
-            # The src head joins with weight 0, so DDP sees every parameter used.
-            ctx.optimizers.step("d", opt.lambda_cls * d_cls + 0.0 * src.float().sum())
+            # The other heads join with weight 0, so DDP sees every parameter used.
+            unused = sum(t.float().sum() for t in [src, *cond])
+            ctx.optimizers.step("d", opt.lambda_cls * d_cls + 0.0 * unused)
             return {"D/cls": d_cls.detach(),
                     "D/acc_real": _accuracy(cls_real.detach().float(), labels, kind)}
 
@@ -136,12 +140,19 @@ class StarGANv1Step:
                 images.append(fgsm_images(d_cls_eager, x, labels, kind, opt.d_adv_eps,
                                           opt.d_adv_steps))
             # One D pass over real and fake: D has no batch statistics, so this equals two.
-            src, cls = self.D(self.aug(torch.cat(images)))
+            src, cls, *cond = self.D(self.aug(torch.cat(images)), with_cond=self.cond)
             src_real, src_fake = src[:n], src[n:2 * n]
             cls_real = cls[:n, cls_slice]
             d_adv = d_adversarial_loss(src_real, src_fake, opt.adv_loss)
             d_cls = classification_loss(cls_real, labels, kind)
             d_loss = d_adv + opt.lambda_cls * d_cls
+            if self.cond:  # reals at their own labels, fakes at their targets
+                cond_space = cond[0][:, cls_slice]
+                d_cond = d_adversarial_loss(
+                    conditional_scores(cond_space[:n], labels, kind),
+                    conditional_scores(cond_space[n:2 * n], label_trg, kind), opt.adv_loss)
+                d_loss = d_loss + opt.lambda_cond_adv * d_cond
+                out["D/cond_adv"] = d_cond.detach()
             if opt.d_adv_eps > 0:
                 d_cls_adv = classification_loss(cls[2 * n:, cls_slice], labels, kind)
                 d_loss = d_loss + opt.lambda_cls * d_cls_adv
@@ -168,12 +179,18 @@ class StarGANv1Step:
         # ---- G every n_critic batches (of this dataset): fool D, hit targets, reconstruct.
         if g_step:
             with frozen(self.D_eager), rt.autocast():
-                src_fake, cls_fake = self.D_g(self.aug(fake_g))
+                src_fake, cls_fake, *cond = self.D_g(self.aug(fake_g), with_cond=self.cond)
                 cls_fake = cls_fake[:, cls_slice]
                 g_adv = g_adversarial_loss(src_fake, opt.adv_loss)
                 g_cls = classification_loss(cls_fake, label_trg, kind)
                 g_rec = reconstruction_loss(x, self.G(fake_g, c_org))
                 g_loss = g_adv + opt.lambda_cls * g_cls + opt.lambda_rec * g_rec
+                if self.cond:  # look like a real face *with* the targets
+                    g_cond = g_adversarial_loss(
+                        conditional_scores(cond[0][:, cls_slice], label_trg, kind),
+                        opt.adv_loss)
+                    g_loss = g_loss + opt.lambda_cond_adv * g_cond
+                    out["G/cond_adv"] = g_cond.detach()
                 if opt.lambda_id > 0:  # its own labels must leave an image as it is
                     g_id = reconstruction_loss(x, self.G(x, c_org))
                     g_loss = g_loss + opt.lambda_id * g_id
