@@ -184,6 +184,7 @@ def test_accuracy_table_by_hand():
 
 def test_auto_epochs_bounds():
     assert auto_epochs(162_770, 64) == 2  # full CelebA: the minimum
-    assert auto_epochs(3_214, 64) == 4  # demo-celeba
-    assert auto_epochs(1_440, 64) == 9  # demo-rafd
+    assert auto_epochs(3_214, 64) == 16  # demo-celeba
+    assert auto_epochs(1_440, 64) == 30  # demo-rafd: the maximum
     assert auto_epochs(50, 64) == 30  # tiny: the maximum
+    assert auto_epochs(20_000, 64) == 3  # 313 steps an epoch
