@@ -52,9 +52,10 @@ VERSION = 1
 # Measured on the demo's synthetic faces (real test-split accuracy, mean over labels / worst):
 # demo-celeba at 32 px with every rendered column, 200 steps 0.981 / Bangs 0.939, 400 steps
 # 0.995 / 0.972, 800 steps 0.998 / 0.990; at 64 px 200 steps already 0.998. demo-rafd at 32 px,
-# 9 epochs 0.972 / sad 0.889, 18 epochs 0.995 / 0.963. A judge that misreads 6% of real
-# fringes flips its reading on edits that leave the fringe alone, so retention needs the
-# longer schedule; on full CelebA the two-epoch minimum decides anyway.
+# 9 epochs 0.972 / sad 0.889, 18 epochs 0.995 / 0.963, 30 (what 800 steps give it, capped)
+# 0.991 / neutral 0.926. A judge that misreads 6% of real fringes flips its reading on edits
+# that leave the fringe alone, so retention needs the longer schedule; on full CelebA the
+# two-epoch minimum decides anyway.
 _AUTO_STEPS = 800
 _MIN_EPOCHS, _MAX_EPOCHS = 2, 30
 
@@ -329,7 +330,8 @@ def train_classifier(prepared: PreparedDataset, *, epochs: int | None = None, se
     """Train (or reuse) the judge for `prepared`; returns its .safetensors path.
 
     A cached classifier is reused when its data, label table, epochs, seed and batch size all
-    match; `force` retrains. `epochs=None` picks about 800 steps (2–30 epochs)."""
+    match; `force` retrains. `epochs=None` picks about `_AUTO_STEPS` steps, within
+    `_MIN_EPOCHS`..`_MAX_EPOCHS` epochs."""
     n_train, batch_size, epochs = _resolve(prepared, epochs, batch_size)
     path = classifier_path(prepared, home)
     wanted = {"key": cache_key(prepared), "epochs": epochs, "seed": seed,
