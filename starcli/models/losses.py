@@ -118,26 +118,43 @@ def classifier_gradient_penalty(d_cls: Callable[[torch.Tensor], torch.Tensor],
 
 
 def fgsm_images(d_cls: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                labels: torch.Tensor, kind: str, eps: float, steps: int = 1) -> torch.Tensor:
-    """`real` moved by up to `eps` per pixel in the direction that most raises each image's
-    own classification loss, clamped to [-1, 1] and detached. One step (the default) is FGSM
-    (Goodfellow et al. 2015): every pixel moves by exactly `eps`. `steps` > 1 is PGD (Madry
-    et al. 2018) from the real image: steps of 2.5·eps/steps, each projected back into the
-    eps-ball, which finds stronger perturbations than one step. Training D's classifier to
-    keep reading the true labels on these makes it robust to small perturbations; a robust
-    classifier's gradient asks G for changes a person sees (Santurkar et al. 2019), not for
-    patterns that only fool D."""
+                labels: torch.Tensor, kind: str, eps: float, steps: int = 1,
+                norm: str = "linf") -> torch.Tensor:
+    """`real` moved within `eps` in the direction that most raises each image's own
+    classification loss, clamped to [-1, 1] and detached.
+
+    ``norm="linf"``: one step (the default) is FGSM (Goodfellow et al. 2015): every pixel
+    moves by exactly `eps`. ``norm="l2"``: each image's change has L2 norm `eps` (over all
+    its pixels and channels), along its gradient (the fast gradient method), so the budget
+    goes where the classifier is sensitive instead of to every pixel alike; an L∞ ball of
+    radius eps holds changes of L2 norm eps·√(pixels), enough to erase any thin feature.
+    `steps` > 1 is PGD (Madry et al. 2018) from the real image: steps of 2.5·eps/steps, each
+    projected back into the eps-ball, which finds stronger perturbations than one step.
+    Training D's classifier to keep reading the true labels on these makes it robust to
+    small perturbations; a robust classifier's gradient asks G for changes a person sees
+    (Santurkar et al. 2019), not for patterns that only fool D."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     x0 = real.detach().float()
     alpha = eps if steps == 1 else 2.5 * eps / steps
+
+    def per_image_l2(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
     x = x0
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        # The batch mean's gradient has each image's own direction: only its sign is used.
+        # The batch mean's gradient has each image's own direction (its sign, or its
+        # direction per image in L2).
         (grad,) = torch.autograd.grad(
             classification_loss(d_cls(x.to(real.dtype)), labels, kind), x)
-        x = x0 + (x.detach() + alpha * grad.sign() - x0).clamp(-eps, eps)
+        if norm == "linf":
+            x = x0 + (x.detach() + alpha * grad.sign() - x0).clamp(-eps, eps)
+        else:
+            delta = x.detach() + alpha * grad / per_image_l2(grad) - x0
+            x = x0 + delta * (eps / per_image_l2(delta)).clamp(max=1.0)
         x = x.clamp(-1, 1)
     return x.detach().to(real.dtype)
 

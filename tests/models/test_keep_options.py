@@ -152,6 +152,46 @@ def test_pgd_stays_within_eps_and_beats_fgsm_on_a_curved_classifier(kind):
         fgsm_images(net, x, labels, kind, 0.1, steps=0)
 
 
+@pytest.mark.parametrize("kind", ["multilabel", "onehot"])
+def test_l2_fgsm_spends_eps_in_l2_along_the_gradient_and_keeps_a_thin_feature(kind):
+    from starcli.models.losses import classification_loss, fgsm_images
+
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.rand(6, 3, 8, 8) * 1.6 - 0.8
+    labels = (torch.rand(6, 5) < 0.5).float() if kind == "multilabel" else \
+        torch.randint(0, 5, (6,))
+    adv = fgsm_images(net, x, labels, kind, 0.5, norm="l2")
+    delta = (adv - x).flatten(1)
+    assert torch.allclose(delta.norm(dim=1), torch.full((6,), 0.5), atol=1e-5)
+    for i in range(6):  # along the image's own gradient, and its loss goes up
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(classification_loss(net(xi), labels[i:i + 1], kind), xi)
+        assert torch.nn.functional.cosine_similarity(delta[i], g.flatten(), dim=0) > 0.999
+        assert classification_loss(net(adv[i:i + 1]), labels[i:i + 1], kind) > \
+            classification_loss(net(x[i:i + 1]), labels[i:i + 1], kind)
+    pgd = fgsm_images(net, x, labels, kind, 0.5, steps=5, norm="l2")
+    assert ((pgd - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    with pytest.raises(ValueError):
+        fgsm_images(net, x, labels, kind, 0.5, norm="l1")
+
+    # Why l2: a classifier that reads one thin line of 8 pixels, 0.2 brighter than the rest.
+    # An L-infinity ball of radius 0.1 takes half of its evidence (1.6 -> 0.8); an L2 ball of
+    # radius 0.1 takes only 0.1 * sqrt(8).
+    w = torch.zeros(3, 8, 8)
+    w[0, 3] = 1.0  # the line: row 3 of the red channel
+    line = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 1, bias=False))
+    with torch.no_grad():
+        line[1].weight.copy_(w.flatten()[None])
+    face = torch.zeros(1, 3, 8, 8)
+    face[0, 0, 3] = 0.2
+    y = torch.ones(1, 1)
+    inf = fgsm_images(line, face, y, "multilabel", 0.1)
+    two = fgsm_images(line, face, y, "multilabel", 0.1, norm="l2")
+    assert line(inf).item() == pytest.approx(0.8, abs=1e-5)  # 1.6 of evidence -> 0.8
+    assert line(two).item() == pytest.approx(1.6 - 0.1 * 8 ** 0.5, abs=1e-5)
+
+
 def test_conditional_scores_pick_each_labels_score_at_the_images_value():
     from starcli.models.losses import conditional_scores
 
@@ -227,6 +267,7 @@ def test_blend_generator_returns_its_input_where_the_mask_is_closed():
     (dict(d_warmup=-1), "--d-warmup"),
     (dict(lambda_change_tv=-1.0), "--lambda-change-tv"),
     (dict(d_adv_eps=-0.1), "--d-adv-eps"),
+    (dict(d_adv_norm="l1"), "--d-adv-norm"),
     (dict(lambda_cond_adv=-1.0), "--lambda-cond-adv"),
     (dict(g_blend="yes"), "--g-blend"),
 ])

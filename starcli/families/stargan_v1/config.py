@@ -22,6 +22,8 @@ from starcli.validate import check_int, flag, mask_penalty_fields
 __all__ = ["StarGANv1Options", "PRESETS", "ADV_LOSSES", "check_image_size"]
 
 ADV_LOSSES = ("wgan-gp", "lsgan", "vanilla", "hinge")
+# How `--d-adv-eps` bounds the perturbation of D's adversarial reals.
+ADV_NORMS = ("linf", "l2")
 # What `--d-augment` may apply to every image D sees (reals and fakes alike, in both steps).
 D_AUGMENTS = ("shift", "jitter", "cutout", "colour", "noise")
 
@@ -108,9 +110,14 @@ class StarGANv1Options:
                             "read as one; 0 turns the head off."})
     d_adv_eps: float = field(default=0.0, metadata={
         "min": 0.0, "help": "Adversarial training of D's classifier: it must also read the "
-                            "true labels on real images moved this much per pixel (one FGSM "
-                            "step; pixels in [-1, 1]), so G cannot fool it with small "
-                            "perturbations."})
+                            "true labels on real images moved by up to this much (per "
+                            "pixel, or in L2 with --d-adv-norm l2; pixels in [-1, 1]), so G "
+                            "cannot fool it with small perturbations."})
+    d_adv_norm: str = field(default="linf", metadata={
+        "help": "--d-adv-eps bounds: linf (every pixel moves up to eps: FGSM) or l2 (the "
+                "whole change has L2 norm eps, pixels in [-1, 1]; spends it where the "
+                "classifier is sensitive, so thin features such as wrinkles stay readable).",
+        "choices": ADV_NORMS})
     d_adv_steps: int = field(default=1, metadata={
         "min": 1, "help": "--d-adv-eps: gradient steps that find the perturbation (1: FGSM; "
                           "more: PGD, steps of 2.5·eps/N kept within eps, a stronger "
@@ -138,6 +145,9 @@ class StarGANv1Options:
         if self.adv_loss not in ADV_LOSSES:
             raise ConfigError(f"--adv-loss {self.adv_loss!r} is not known; choose one of "
                               f"{', '.join(ADV_LOSSES)}.")
+        if self.d_adv_norm not in ADV_NORMS:
+            raise ConfigError(f"--d-adv-norm {self.d_adv_norm!r} is not known; choose one of "
+                              f"{', '.join(ADV_NORMS)}.")
         if not isinstance(self.g_blend, bool):
             raise ConfigError(f"--g-blend must be true or false, got {self.g_blend!r}.")
         augments = self.augments

@@ -138,7 +138,7 @@ class StarGANv1Step:
             images = [x, fake.to(x.dtype)]
             if opt.d_adv_eps > 0:  # reals pushed toward a misreading, to be read right
                 images.append(fgsm_images(d_cls_eager, x, labels, kind, opt.d_adv_eps,
-                                          opt.d_adv_steps))
+                                          opt.d_adv_steps, norm=opt.d_adv_norm))
             # One D pass over real and fake: D has no batch statistics, so this equals two.
             src, cls, *cond = self.D(self.aug(torch.cat(images)), with_cond=self.cond)
             src_real, src_fake = src[:n], src[n:2 * n]
